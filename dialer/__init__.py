@@ -1,0 +1,3 @@
+"""Asynchronous predictive dialer."""
+
+__version__ = "0.1.0"
