@@ -33,11 +33,11 @@ class AbandonStatus:
 class AbandonLedger(Protocol):
     """Records live answers and abandons per campaign and reports the rolling window."""
 
-    def record(self, campaign: str, at: float, *, abandoned: bool) -> None:
+    async def record(self, campaign: str, at: float, *, abandoned: bool) -> None:
         """Record one live answer at epoch `at`; `abandoned` if it was not connected in time."""
         ...
 
-    def status(self, campaign: str, at: float) -> AbandonStatus:
+    async def status(self, campaign: str, at: float) -> AbandonStatus:
         """The window ending at `at`."""
         ...
 
@@ -51,13 +51,13 @@ class MemoryAbandonLedger:
         self._events: dict[str, deque[tuple[float, bool]]] = {}
         self._counts: dict[str, list[int]] = {}
 
-    def record(self, campaign: str, at: float, *, abandoned: bool) -> None:
+    async def record(self, campaign: str, at: float, *, abandoned: bool) -> None:
         self._events.setdefault(campaign, deque()).append((at, abandoned))
         counts = self._counts.setdefault(campaign, [0, 0])
         counts[0] += 1
         counts[1] += int(abandoned)
 
-    def status(self, campaign: str, at: float) -> AbandonStatus:
+    async def status(self, campaign: str, at: float) -> AbandonStatus:
         events = self._events.get(campaign)
         if not events:
             return AbandonStatus(0, 0, self.limit)
