@@ -6,7 +6,7 @@ mirrors it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from dialer.errors import DialerError
@@ -82,7 +82,7 @@ class AgentPool:
         except KeyError:
             raise AgentError(f"unknown agent {agent_id!r}") from None
 
-    def __iter__(self) -> Iterable[Agent]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Agent]:
         return iter(self._agents.values())
 
     def __len__(self) -> int:
