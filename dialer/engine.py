@@ -65,6 +65,9 @@ PERMANENT_BLOCKS = frozenset(
 ROBOCALL_DTMF_GRACE_S = 5.0
 """After a robocall message ends, how long the listener has to press a key before we hang up."""
 
+MAX_CLAIM_ROUNDS = 4
+"""Claim rounds per tick: leads the gate blocks are replaced by fresh claims up to this many times."""
+
 MIN_TICK_GAP_S = 0.05
 """Event-triggered ticks (an agent became ready, a line freed) are spaced at least this far apart."""
 
@@ -382,12 +385,17 @@ class Engine:
         count = min(count, self.telephony.capacity())
         if count <= 0:
             return 0
-        leads = await self.leads.claim(rt.name, count, now)
-        for lead in leads:
-            await self._dial(rt, lead)
-        return len(leads)
+        placed = 0
+        for _ in range(MAX_CLAIM_ROUNDS):  # blocked leads are replaced within the same tick
+            leads = await self.leads.claim(rt.name, count - placed, self.clock())
+            for lead in leads:
+                placed += await self._dial(rt, lead)
+            if not leads or placed >= count:
+                break
+        return placed
 
-    async def _dial(self, rt: CampaignRuntime, lead: Lead) -> None:
+    async def _dial(self, rt: CampaignRuntime, lead: Lead) -> bool:
+        """Gate and originate one lead; True when a call was placed."""
         cfg = rt.config
         call_id = self._call_ids()
         record = AttemptRecord(call_id=call_id, lead_id=lead.lead_id, campaign=rt.name, number=lead.number,
@@ -408,7 +416,7 @@ class Engine:
             # A blocked lead was not attempted: its attempt count stays where it was.
             record.attempt = lead.attempts
             await self.leads.complete(lead, record, retry_at)
-            return
+            return False
         request = DialRequest(call_id=call_id, number=lead.number, campaign=rt.name, caller_id=cfg.caller_id,
                               ring_timeout_s=cfg.ring_timeout_s,
                               detect_machine=cfg.mode is CampaignMode.AGENT)
@@ -426,6 +434,7 @@ class Engine:
                 log.warning("originate_failed", campaign=rt.name, call_id=call_id, error=str(exc))
                 rt.new_attempts.append(AttemptResult(Outcome.FAILED, 0.0))
                 await self._finish(call, Outcome.FAILED, reason=f"originate: {exc}")
+        return True
 
     # Events --------------------------------------------------------------------------------------
 

@@ -1,0 +1,336 @@
+"""Engine behaviour against a scripted telephony, in virtual time (no real clock, no sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from dialer.agents import AgentPool
+from dialer.compliance.abandon import MemoryAbandonLedger
+from dialer.compliance.gate import Blocked, BlockReason, Clearance, DialCandidate, PermissiveGate, Verdict
+from dialer.config import CampaignConfig
+from dialer.engine import Engine
+from dialer.errors import ClearanceError, ConfigError
+from dialer.leads import Lead, MemoryLeadStore
+from dialer.outcomes import AgentState, AnswerKind, Outcome
+from dialer.sim.clock import VirtualTimeLoop
+from dialer.telephony import (
+    AgentConnected,
+    AgentTarget,
+    CallAnswered,
+    CallEnded,
+    CallEvent,
+    CallFailed,
+    DialRequest,
+    DtmfReceived,
+    EventHandler,
+    PlaybackFinished,
+    TransferMode,
+)
+
+EPOCH = 1_767_780_000.0
+
+
+@dataclass
+class ScriptedTelephony:
+    """Records commands; the test decides which events come back."""
+
+    clock: Callable[[], float]
+    handler: EventHandler | None = None
+    log: list[tuple[str, Any]] = field(default_factory=list)
+    dialled: list[DialRequest] = field(default_factory=list)
+
+    def start(self, handler: EventHandler) -> None:
+        self.handler = handler
+
+    async def originate(self, clearance: Clearance, request: DialRequest) -> None:
+        clearance.verify(request.number, request.campaign, self.clock())
+        self.dialled.append(request)
+        self.log.append(("originate", request.number))
+
+    async def connect_agent(self, call_id: str, agent: AgentTarget, mode: TransferMode) -> None:
+        self.log.append(("connect", (call_id, agent.agent_id)))
+
+    async def play(self, call_id: str, audio: str) -> None:
+        self.log.append(("play", (call_id, audio)))
+
+    async def hangup(self, call_id: str) -> None:
+        self.log.append(("hangup", call_id))
+
+    def capacity(self) -> int:
+        return 100
+
+    def emit(self, event: CallEvent) -> None:
+        assert self.handler is not None
+        self.handler(event)
+
+
+class ListGate:
+    """Blocks the numbers in `blocked` (a stand-in for the real gate's verdicts)."""
+
+    def __init__(self, blocked: dict[str, BlockReason]) -> None:
+        self.blocked = blocked
+        self.inner = PermissiveGate()
+
+    async def check(self, candidate: DialCandidate, now: float) -> Verdict:
+        if candidate.number in self.blocked:
+            return Blocked(self.blocked[candidate.number])
+        return await self.inner.check(candidate, now)
+
+
+@dataclass
+class Rig:
+    engine: Engine
+    tel: ScriptedTelephony
+    leads: MemoryLeadStore
+    pool: AgentPool
+    ledger: MemoryAbandonLedger
+    loop: asyncio.AbstractEventLoop
+    opt_outs: list[tuple[str, str]]
+
+    async def step(self, seconds: float = 0.0) -> None:
+        await asyncio.sleep(seconds)
+        for _ in range(5):  # let spawned tasks finish at this instant
+            await asyncio.sleep(0)
+
+
+def run_virtual(test: Callable[[Rig], Awaitable[None]], *, agents: int = 1, numbers: int = 1,
+                gate: Any = None, **campaign: Any) -> None:
+    """Build an engine with a scripted telephony and run `test` against it in virtual time."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def clock() -> float:
+            return EPOCH + loop.time()
+
+        cfg = CampaignConfig(name="c", pacing={"policy": "progressive"},
+                             **campaign)
+        pool = AgentPool(clock)
+        for i in range(agents):
+            pool.add(f"a{i}", f"sip:a{i}@pbx", cfg.agent_pool)
+        leads = MemoryLeadStore()
+        for i in range(numbers):
+            leads.add(Lead(f"L{i}", "c", f"+1202555{i:04d}"))
+        tel = ScriptedTelephony(clock)
+        ledger = MemoryAbandonLedger(3600, 0.03)
+        opt_outs: list[tuple[str, str]] = []
+
+        class Recorder:
+            async def opt_out(self, number: str, campaign: str, source: str) -> None:
+                # The hang-up must not have been sent yet when the opt-out is written.
+                assert not any(kind == "hangup" for kind, _ in tel.log)
+                opt_outs.append((number, source))
+
+        engine = Engine({"c": cfg}, agents=pool, leads=leads, gate=gate or PermissiveGate(), telephony=tel,
+                        abandon=ledger, opt_out=Recorder(), clock=clock)
+        task = loop.create_task(engine.run())
+        rig = Rig(engine, tel, leads, pool, ledger, loop, opt_outs)
+        try:
+            await rig.step()
+            await test(rig)
+        finally:
+            engine.stop()
+            await asyncio.wait_for(task, 10)
+
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        runner.run(main())
+
+
+def test_no_dial_without_a_ready_agent_then_one_per_ready_agent() -> None:
+    async def body(rig: Rig) -> None:
+        await rig.step(3)
+        assert rig.tel.dialled == []
+        rig.pool.transition("a0", AgentState.READY)
+        await rig.step(0.1)
+        assert [r.number for r in rig.tel.dialled] == ["+12025550000"]
+        await rig.step(5)
+        assert len(rig.tel.dialled) == 1  # progressive: the ready agent already has a call in flight
+
+    run_virtual(body, numbers=3)
+
+
+def test_live_answer_goes_to_the_agent_then_wrap_up_then_ready() -> None:
+    async def body(rig: Rig) -> None:
+        rig.pool.transition("a0", AgentState.READY)
+        await rig.step(0.1)
+        call_id = rig.tel.dialled[0].call_id
+        rig.tel.emit(CallAnswered(call_id, AnswerKind.HUMAN, rig.engine.clock()))
+        await rig.step()
+        assert ("connect", (call_id, "a0")) in rig.tel.log
+        assert rig.pool.get("a0").state is AgentState.RESERVED
+        rig.tel.emit(AgentConnected(call_id, "a0"))
+        await rig.step(60)
+        assert rig.pool.get("a0").state is AgentState.TALKING
+        rig.tel.emit(CallEnded(call_id))
+        await rig.step()
+        assert rig.pool.get("a0").state is AgentState.WRAP_UP
+        rig.engine.finish_wrap_up("a0", "sale")
+        assert rig.pool.get("a0").state is AgentState.READY
+        [record] = rig.leads.records
+        assert record.outcome is Outcome.LIVE and record.agent_id == "a0" and record.connected_at
+        status = await rig.ledger.status("c", rig.engine.clock())
+        assert (status.live_answers, status.abandons) == (1, 0)
+
+    run_virtual(body)
+
+
+def test_no_agent_within_two_seconds_is_an_abandon_with_safe_harbor_message() -> None:
+    async def body(rig: Rig) -> None:
+        rig.pool.transition("a0", AgentState.READY)
+        await rig.step(0.1)
+        first = rig.tel.dialled[0].call_id
+        rig.tel.emit(CallAnswered(first, AnswerKind.HUMAN, rig.engine.clock()))
+        rig.tel.emit(AgentConnected(first, "a0"))
+        await rig.step()
+        # The only agent is busy; a second call placed by hand (as a predictive policy would) answers.
+        rig.leads.add(Lead("extra", "c", "+12025559999"))
+        rt = rig.engine.campaigns["c"]
+        [lead] = await rig.leads.claim("c", 1, rig.engine.clock())
+        await rig.engine._dial(rt, lead)
+        second = rig.tel.dialled[-1].call_id
+        answered_at = rig.engine.clock()
+        rig.tel.emit(CallAnswered(second, AnswerKind.HUMAN, answered_at))
+        await rig.step(1.9)
+        assert not any(kind == "play" for kind, _ in rig.tel.log)
+        await rig.step(0.2)
+        assert ("play", (second, "config/audio/safe_harbor.wav")) in rig.tel.log
+        status = await rig.ledger.status("c", rig.engine.clock())
+        assert (status.live_answers, status.abandons) == (2, 1)  # the first call was connected in time
+        rig.tel.emit(PlaybackFinished(second))
+        await rig.step()
+        assert ("hangup", second) in rig.tel.log
+        rig.tel.emit(CallEnded(second, "local"))
+        await rig.step()
+        abandoned = [r for r in rig.leads.records if r.call_id == second]
+        assert abandoned[0].outcome is Outcome.ABANDONED
+
+    run_virtual(body, numbers=1)
+
+
+def test_gate_block_means_no_invite_and_a_recorded_reason() -> None:
+    async def body(rig: Rig) -> None:
+        rig.pool.transition("a0", AgentState.READY)
+        await rig.step(0.1)
+        assert [r.number for r in rig.tel.dialled] == ["+12025550001"]
+        [blocked] = [r for r in rig.leads.records if r.outcome is Outcome.BLOCKED]
+        assert blocked.number == "+12025550000" and blocked.reason == "dnc_internal"
+        assert blocked.dialled_at is None
+        assert rig.leads.pending("c") == 0  # a DNC block ends the lead: no retry
+
+    run_virtual(body, numbers=2, gate=ListGate({"+12025550000": BlockReason.DNC_INTERNAL}))
+
+
+def test_passing_block_is_rechecked_later() -> None:
+    async def body(rig: Rig) -> None:
+        rig.pool.transition("a0", AgentState.READY)
+        await rig.step(0.1)
+        assert rig.tel.dialled == []
+        assert rig.leads.pending("c") == 1  # outside hours: back in the hopper for later
+
+    run_virtual(body, gate=ListGate({"+12025550000": BlockReason.OUTSIDE_HOURS}))
+
+
+def test_a_failed_call_is_retried_by_the_campaign_rules() -> None:
+    async def body(rig: Rig) -> None:
+        rig.pool.transition("a0", AgentState.READY)
+        await rig.step(0.1)
+        rig.tel.emit(CallFailed(rig.tel.dialled[0].call_id, Outcome.BUSY, 486))
+        await rig.step()
+        [record] = rig.leads.records
+        assert record.outcome is Outcome.BUSY and record.attempt == 1 and record.sip_status == 486
+        assert len(rig.tel.dialled) == 1  # not due again before the retry delay
+        await rig.step(901)
+        assert len(rig.tel.dialled) == 2 and rig.tel.dialled[1].number == "+12025550000"
+
+    run_virtual(body, retry={"busy": {"max_attempts": 2, "delay_s": 900}})
+
+
+def test_robocall_opt_out_is_written_before_the_hang_up_and_connect_key_reaches_an_agent() -> None:
+    async def body(rig: Rig) -> None:
+        rig.pool.transition("a0", AgentState.READY)
+        await rig.step(0.1)
+        first = rig.tel.dialled[0].call_id
+        rig.tel.emit(CallAnswered(first, AnswerKind.HUMAN, rig.engine.clock()))
+        await rig.step()
+        assert ("play", (first, "config/audio/robocall.wav")) in rig.tel.log
+        rig.tel.emit(DtmfReceived(first, "9"))
+        await rig.step()
+        assert rig.opt_outs == [("+12025550000", "dtmf")]
+        assert ("hangup", first) in rig.tel.log
+        rig.tel.emit(CallEnded(first, "local"))
+        await rig.step(0.1)
+        second = rig.tel.dialled[1].call_id
+        rig.tel.emit(CallAnswered(second, AnswerKind.HUMAN, rig.engine.clock()))
+        rig.tel.emit(DtmfReceived(second, "1"))
+        await rig.step()
+        assert ("connect", (second, "a0")) in rig.tel.log
+        outcomes = {r.call_id: r.outcome for r in rig.leads.records}
+        assert outcomes[first] is Outcome.OPTED_OUT
+
+    run_virtual(body, numbers=2, mode="robocall", robocall_message="config/audio/robocall.wav")
+
+
+def test_machine_answer_is_hung_up_and_agent_untouched() -> None:
+    async def body(rig: Rig) -> None:
+        rig.pool.transition("a0", AgentState.READY)
+        await rig.step(0.1)
+        call_id = rig.tel.dialled[0].call_id
+        rig.tel.emit(CallAnswered(call_id, AnswerKind.MACHINE, rig.engine.clock()))
+        await rig.step()
+        assert ("hangup", call_id) in rig.tel.log
+        assert rig.pool.get("a0").state is AgentState.READY
+
+    run_virtual(body)
+
+
+def test_forged_clearance_is_impossible_and_stale_one_refused() -> None:
+    from dialer.compliance.gate import mint_clearance
+
+    with pytest.raises(ClearanceError, match="only be minted by the compliance gate"):
+        Clearance("+12025550000", "c", 0.0)
+    clearance = mint_clearance("+12025550000", "c", 100.0)
+    clearance.verify("+12025550000", "c", 100.2)
+    with pytest.raises(ClearanceError, match="stale"):
+        clearance.verify("+12025550000", "c", 101.0)
+    with pytest.raises(ClearanceError, match="does not match"):
+        clearance.verify("+12025550001", "c", 100.0)
+
+
+def test_drain_hangs_up_what_is_left_and_records_every_call() -> None:
+    async def body(rig: Rig) -> None:
+        for i in range(2):
+            rig.pool.transition(f"a{i}", AgentState.READY)
+        await rig.step(0.1)
+        assert len(rig.tel.dialled) == 2
+
+        async def telephony_acks_hangups() -> None:
+            while True:
+                await asyncio.sleep(0.5)
+                for kind, arg in list(rig.tel.log):
+                    if kind == "hangup" and arg in rig.engine._calls:
+                        rig.tel.emit(CallFailed(arg, Outcome.NO_ANSWER, 487, "cancelled"))
+
+        acker = rig.loop.create_task(telephony_acks_hangups())
+        hung_up = await rig.engine.drain(3.0)
+        acker.cancel()
+        assert hung_up == 2
+        assert {r.outcome for r in rig.leads.records} == {Outcome.NO_ANSWER}
+        assert len(rig.leads.records) == 2 and rig.engine.active_calls == 0
+
+    run_virtual(body, agents=2, numbers=5)
+
+
+def test_two_campaigns_cannot_share_an_agent_pool() -> None:
+    async def build() -> None:
+        cfgs = {n: CampaignConfig(name=n, pacing={"policy": "progressive"})
+                for n in ("a", "b")}
+        with pytest.raises(ConfigError, match="agent_pool 'default' already serves a"):
+            Engine(cfgs, agents=AgentPool(lambda: 0.0), leads=MemoryLeadStore(), gate=PermissiveGate(),
+                   telephony=ScriptedTelephony(lambda: 0.0), abandon=MemoryAbandonLedger(1, 0.03))
+
+    asyncio.run(build())
