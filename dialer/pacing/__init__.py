@@ -9,12 +9,20 @@ from pydantic import ValidationError
 
 from dialer.errors import ConfigError
 from dialer.pacing.base import PacingPolicy, PacingSnapshot
+from dialer.pacing.issabel import IssabelPolicy
+from dialer.pacing.predictive import PredictivePolicy
 from dialer.pacing.progressive import ProgressivePolicy
+from dialer.pacing.ratio import RatioPolicy
+from dialer.pacing.vicidial import VicidialAdaptivePolicy
 
 POLICIES: dict[str, type[PacingPolicy]] = {
     cls.name: cls
     for cls in (
         ProgressivePolicy,
+        RatioPolicy,
+        VicidialAdaptivePolicy,
+        IssabelPolicy,
+        PredictivePolicy,
     )
 }
 
@@ -29,7 +37,7 @@ def make_policy(name: str, params: Mapping[str, Any] | None = None, *, where: st
     except ValidationError as exc:
         raise ConfigError(
             [
-                f"{where}.params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                f"{where}.params{''.join('.' + str(p) for p in err['loc'])}: {err['msg']}"
                 for err in exc.errors()
             ]
         ) from None
