@@ -46,6 +46,7 @@ class Agent:
     time_in_state: dict[AgentState, float] = field(default_factory=dict)
     calls_handled: int = 0
     ready_spells: int = 0  # completed spells of waiting in READY (for mean wait between calls)
+    last_spell_s: float = 0.0  # length of the state spell that the last transition ended
 
 
 Listener = Callable[[Agent, AgentState], None]
@@ -100,7 +101,8 @@ class AgentPool:
         if new not in TRANSITIONS[old]:
             raise AgentError(f"agent {agent_id!r} cannot go from {old} to {new}")
         now = self._clock()
-        agent.time_in_state[old] = agent.time_in_state.get(old, 0.0) + (now - agent.state_since)
+        agent.last_spell_s = now - agent.state_since
+        agent.time_in_state[old] = agent.time_in_state.get(old, 0.0) + agent.last_spell_s
         if old is S.READY:
             agent.ready_spells += 1
         agent.state, agent.state_since = new, now

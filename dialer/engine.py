@@ -33,6 +33,7 @@ from dialer.compliance.gate import Blocked, BlockReason, DialCandidate, Gate
 from dialer.config import CampaignConfig, CampaignMode, MachineAction
 from dialer.errors import ConfigError, DialerError
 from dialer.leads import AttemptRecord, Lead, LeadStore, next_attempt_at
+from dialer.metrics import DialerMetrics, window_label
 from dialer.outcomes import AgentState, AnswerKind, Outcome
 from dialer.pacing import PacingPolicy, make_policy
 from dialer.pacing.base import AgentView, AttemptResult, HandleResult, PacingSnapshot, RingingCall
@@ -172,6 +173,7 @@ class Engine:
         opt_out: OptOutRecorder | None = None,
         clock: Callable[[], float] = time.time,
         call_ids: Callable[[], str] | None = None,
+        metrics: DialerMetrics | None = None,
     ) -> None:
         pools: dict[str, str] = {}
         problems = []
@@ -188,6 +190,7 @@ class Engine:
         self.abandon = abandon
         self.opt_out_recorder = opt_out
         self.clock = clock
+        self.metrics = metrics
         counter = itertools.count(1)
         self._call_ids = call_ids or (lambda: f"c{next(counter)}-{int(clock() * 1000)}")
         self.campaigns: dict[str, CampaignRuntime] = {
@@ -195,6 +198,8 @@ class Engine:
             for name, cfg in campaigns.items()
         }
         self._by_pool = {rt.config.agent_pool: rt for rt in self.campaigns.values()}
+        for rt in self.campaigns.values():
+            self._init_metrics(rt)
         self._calls: dict[str, ActiveCall] = {}
         self._waiting: dict[str, deque[ActiveCall]] = {}
         self._agent_calls: dict[str, _AgentCall] = {}
@@ -237,6 +242,8 @@ class Engine:
         """Stop placing new calls on every campaign; calls in progress carry on."""
         for rt in self.campaigns.values():
             rt.dialing = False
+            if self.metrics is not None:
+                self.metrics.set_campaign_state(rt.name, "stopped")
 
     def stop(self) -> None:
         """Make `run()` return (after `stop_dialing` and `drain`, for a clean shutdown)."""
@@ -279,6 +286,8 @@ class Engine:
         """Start or pause dialing for one campaign (calls in progress carry on)."""
         rt = self._campaign(campaign)
         rt.dialing = dialing
+        if self.metrics is not None:
+            self.metrics.set_campaign_state(rt.name, "running" if dialing else "paused")
         rt.wake.set()
 
     def reconfigure(self, campaigns: Mapping[str, CampaignConfig]) -> None:
@@ -292,6 +301,7 @@ class Engine:
                 rt = CampaignRuntime(cfg, make_policy(cfg.pacing.policy, cfg.pacing.params))
                 self.campaigns[name] = rt
                 self._by_pool[cfg.agent_pool] = rt
+                self._init_metrics(rt)
                 try:
                     self._start_loop(rt)
                 except RuntimeError:  # no running loop yet: run() starts it
@@ -303,9 +313,19 @@ class Engine:
                 self._by_pool.pop(rt.config.agent_pool, None)
                 self._by_pool[cfg.agent_pool] = rt
             rt.config = cfg
+            self._init_metrics(rt)
             rt.wake.set()
         for name in set(self.campaigns) - set(campaigns):
             self.campaigns[name].dialing = False
+
+    def _init_metrics(self, rt: CampaignRuntime) -> None:
+        if self.metrics is None:
+            return
+        cfg = rt.config
+        self.metrics.init_campaign(cfg.name, windows={window_label(cfg.abandon_window_s): cfg.abandon_limit})
+        self.metrics.set_campaign_info(cfg.name, policy=cfg.pacing.policy, rule_pack=cfg.rule_pack,
+                                       mode=cfg.mode.value)
+        self.metrics.set_campaign_state(cfg.name, "running" if rt.dialing else "paused")
 
     def _campaign(self, name: str) -> CampaignRuntime:
         try:
@@ -323,12 +343,15 @@ class Engine:
                 await asyncio.sleep(MIN_TICK_GAP_S - since)
             rt.last_tick = loop.time()
             rt.wake.clear()
+            started = time.perf_counter()
             try:
                 await self.tick(rt)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("pacing_tick_failed", campaign=rt.name)
+            if self.metrics is not None:
+                self.metrics.tick_duration.labels(campaign=rt.name).observe(time.perf_counter() - started)
             try:
                 async with asyncio.timeout(rt.config.tick_interval_s):
                     await rt.wake.wait()
@@ -382,6 +405,8 @@ class Engine:
         snap = self.snapshot(rt, now, status.live_answers, status.abandons, status.limit_reached)
         count = rt.policy.dial_count(snap)
         rt.last_dial_count = count
+        if self.metrics is not None:
+            self._publish(rt, snap, status.rate)
         count = min(count, self.telephony.capacity())
         if count <= 0:
             return 0
@@ -393,6 +418,26 @@ class Engine:
             if not leads or placed >= count:
                 break
         return placed
+
+    def _publish(self, rt: CampaignRuntime, snap: PacingSnapshot, window_rate: float) -> None:
+        """Pacing and agent gauges of one campaign, as of this tick."""
+        assert self.metrics is not None
+        m, name = self.metrics, rt.name
+        counts: dict[AgentState, int] = {}
+        busy = working = 0.0
+        for agent in self.agents.in_pool(rt.config.agent_pool):
+            counts[agent.state] = counts.get(agent.state, 0) + 1
+            for state in (AgentState.TALKING, AgentState.WRAP_UP):
+                busy += self.agents.seconds_in(agent, state)
+            for state in (AgentState.READY, AgentState.RESERVED, AgentState.TALKING, AgentState.WRAP_UP):
+                working += self.agents.seconds_in(agent, state)
+        m.set_agents(name, counts)
+        m.agent_occupancy.labels(campaign=name).set(busy / working if working else 0.0)
+        m.lines_in_flight.labels(campaign=name).set(snap.in_flight)
+        m.dial_level.labels(campaign=name).set(
+            (snap.in_flight + max(rt.last_dial_count, 0)) / snap.working if snap.working else 0.0
+        )
+        m.abandon_rate.labels(campaign=name, window=window_label(rt.config.abandon_window_s)).set(window_rate)
 
     async def _dial(self, rt: CampaignRuntime, lead: Lead) -> bool:
         """Gate and originate one lead; True when a call was placed."""
@@ -407,6 +452,8 @@ class Engine:
         except Exception as exc:  # the gate must not raise; if it does, fail closed
             log.error("gate_error", campaign=rt.name, lead=lead.lead_id, error=repr(exc))
             verdict = Blocked(BlockReason.GATE_ERROR, repr(exc))
+        if self.metrics is not None:
+            self.metrics.record_gate(rt.name, verdict.reason if isinstance(verdict, Blocked) else None)
         if isinstance(verdict, Blocked):
             rt.stats.blocked += 1
             record.outcome, record.reason = Outcome.BLOCKED, verdict.reason.value
@@ -425,11 +472,15 @@ class Engine:
         self._calls[call_id] = call
         rt.calls[call_id] = call
         rt.stats.dials += 1
+        if self.metrics is not None:
+            self.metrics.originations.labels(campaign=rt.name).inc()
         try:
             await self.telephony.originate(verdict, request)
         except asyncio.CancelledError:
             raise
         except DialerError as exc:
+            if self.metrics is not None:
+                self.metrics.origination_failures.labels(campaign=rt.name).inc()
             if call_id in self._calls:  # no terminal event will come for a call that never left
                 log.warning("originate_failed", campaign=rt.name, call_id=call_id, error=str(exc))
                 rt.new_attempts.append(AttemptResult(Outcome.FAILED, 0.0))
@@ -518,6 +569,8 @@ class Engine:
             call.deadline.cancel()
             call.deadline = None
         late = call.answered_at is not None and now - call.answered_at > rt.config.connect_deadline_s
+        if self.metrics is not None and call.answered_at is not None:
+            self.metrics.answer_to_agent.labels(campaign=rt.name).observe(now - call.answered_at)
         if rt.config.mode is CampaignMode.AGENT:
             self._count_live(call, abandoned=late)
         call.state, call.record.connected_at, call.record.outcome = CallState.CONNECTED, now, Outcome.LIVE
@@ -569,6 +622,8 @@ class Engine:
         call.counted_live = True
         if abandoned:
             call.campaign.stats.abandons += 1
+        if self.metrics is not None:
+            self.metrics.record_live_answer(call.campaign.name, abandoned=abandoned)
         at = call.answered_at if call.answered_at is not None else self.clock()
         self._spawn(self.abandon.record(call.campaign.name, at, abandoned=abandoned))
 
@@ -653,6 +708,8 @@ class Engine:
         rec = call.record
         rec.outcome = outcome
         rec.ended_at = self.clock()
+        if self.metrics is not None:
+            self.metrics.dials.labels(campaign=call.campaign.name, result=outcome.value).inc()
         if reason and not rec.reason:
             rec.reason = reason
         retry_at = next_attempt_at(outcome, rec.attempt, call.campaign.config.retry, rec.ended_at)
@@ -699,6 +756,10 @@ class Engine:
         self.agents.transition(agent_id, AgentState.READY)
 
     def _on_agent_change(self, agent: Agent, previous: AgentState) -> None:
+        if previous is AgentState.READY and self.metrics is not None:
+            rt_of_pool = self._by_pool.get(agent.pool)
+            if rt_of_pool is not None:
+                self.metrics.agent_wait.labels(campaign=rt_of_pool.name).observe(agent.last_spell_s)
         if previous is AgentState.WRAP_UP:
             ac = self._agent_calls.pop(agent.agent_id, None)
             if ac is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from dialer.agents import AgentPool
 from dialer.compliance.abandon import MemoryAbandonLedger
@@ -16,6 +17,7 @@ from dialer.config import CampaignConfig
 from dialer.engine import Engine
 from dialer.errors import ClearanceError, ConfigError
 from dialer.leads import Lead, MemoryLeadStore
+from dialer.metrics import DialerMetrics
 from dialer.outcomes import AgentState, AnswerKind, Outcome
 from dialer.sim.clock import VirtualTimeLoop
 from dialer.telephony import (
@@ -99,7 +101,7 @@ class Rig:
 
 
 def run_virtual(test: Callable[[Rig], Awaitable[None]], *, agents: int = 1, numbers: int = 1,
-                gate: Any = None, **campaign: Any) -> None:
+                gate: Any = None, metrics: DialerMetrics | None = None, **campaign: Any) -> None:
     """Build an engine with a scripted telephony and run `test` against it in virtual time."""
 
     async def main() -> None:
@@ -127,7 +129,7 @@ def run_virtual(test: Callable[[Rig], Awaitable[None]], *, agents: int = 1, numb
                 opt_outs.append((number, source))
 
         engine = Engine({"c": cfg}, agents=pool, leads=leads, gate=gate or PermissiveGate(), telephony=tel,
-                        abandon=ledger, opt_out=Recorder(), clock=clock)
+                        abandon=ledger, opt_out=Recorder(), clock=clock, metrics=metrics)
         task = loop.create_task(engine.run())
         rig = Rig(engine, tel, leads, pool, ledger, loop, opt_outs)
         try:
@@ -334,3 +336,36 @@ def test_two_campaigns_cannot_share_an_agent_pool() -> None:
                    telephony=ScriptedTelephony(lambda: 0.0), abandon=MemoryAbandonLedger(1, 0.03))
 
     asyncio.run(build())
+
+
+def test_metrics_follow_calls_gate_and_agents() -> None:
+    registry = CollectorRegistry()
+    metrics = DialerMetrics(registry)
+
+    def value(name: str, **labels: str) -> float:
+        v = registry.get_sample_value(name, labels)
+        assert v is not None, (name, labels)
+        return v
+
+    async def body(rig: Rig) -> None:
+        rig.pool.transition("a0", AgentState.READY)
+        await rig.step(0.1)
+        call_id = rig.tel.dialled[0].call_id
+        rig.tel.emit(CallAnswered(call_id, AnswerKind.HUMAN, rig.engine.clock()))
+        await rig.step(0.3)
+        rig.tel.emit(AgentConnected(call_id, "a0"))
+        await rig.step(1.0)
+        assert value("dialer_agents", campaign="c", state="talking") == 1
+        rig.tel.emit(CallEnded(call_id))
+        await rig.step()
+
+    run_virtual(body, numbers=2, gate=ListGate({"+12025550000": BlockReason.DNC_NATIONAL}), metrics=metrics)
+    assert value("dialer_gate_checks_total", campaign="c") == 2
+    assert value("dialer_gate_blocks_total", campaign="c", reason="dnc_national") == 1
+    assert value("dialer_originations_total", campaign="c") == 1
+    assert value("dialer_live_answers_total", campaign="c") == 1
+    assert value("dialer_abandons_total", campaign="c") == 0
+    assert value("dialer_dials_total", campaign="c", result="live") == 1
+    assert value("dialer_answer_to_agent_seconds_count", campaign="c") == 1
+    assert value("dialer_answer_to_agent_seconds_sum", campaign="c") == pytest.approx(0.3)
+    assert value("dialer_pacing_tick_duration_seconds_count", campaign="c") >= 1
