@@ -230,11 +230,6 @@ def lead_id_for(campaign: str, number_e164: str) -> str:
     return digest.hexdigest()
 
 
-def mask_number(number: str) -> str:
-    """A number fit for logs at info level: all but the last four digits hidden."""
-    return ("*" * max(len(number) - 4, 0)) + number[-4:] if len(number) > 4 else "****"
-
-
 def check_region(region: str) -> str:
     """Validate an ISO 3166 region code for parsing national numbers (upper-cased)."""
     code = region.strip().upper()
