@@ -12,8 +12,6 @@ from dialer.errors import DialerError
 COMMAND_MODULES = (
     "dialer.sim.cli",
     "dialer.leads_cli",
-    "dialer.config_cli",
-    "dialer.compliance.cli",
 )
 """Modules with `register(subparsers)`; each subcommand sets `func(args) -> int` as its handler."""
 
