@@ -11,6 +11,7 @@ from dialer.errors import DialerError
 
 COMMAND_MODULES = (
     "dialer.sim.cli",
+    "dialer.compliance.cli",
     "dialer.leads_cli",
 )
 """Modules with `register(subparsers)`; each subcommand sets `func(args) -> int` as its handler."""

@@ -6,8 +6,10 @@ each as "file: key.path: what was expected", so an operator fixes a file in one 
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
+from datetime import date, time
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -115,6 +117,94 @@ class CampaignMode(StrEnum):
     ROBOCALL = "robocall"
 
 
+class HoursWindow(Model):
+    """A daily calling window in the callee's local time: [start, end), optionally other on weekends."""
+
+    start: time = Field(time(8, 0), description="first local time a call may start (inclusive)")
+    end: time = Field(time(21, 0), description="local time from which no call may start (exclusive)")
+    weekend_start: time | None = Field(None, description="Saturday/Sunday start; None: same as start")
+    weekend_end: time | None = Field(None, description="Saturday/Sunday end; None: same as end")
+    sunday: bool = Field(True, description="False forbids calls on Sunday altogether")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.start >= self.end:
+            raise ValueError("start must be before end")
+        ws = self.weekend_start or self.start
+        we = self.weekend_end or self.end
+        if ws >= we:
+            raise ValueError("weekend_start must be before weekend_end")
+        return self
+
+
+class CallingHours(Model):
+    """A campaign's own calling window; it narrows, never widens, the law of the callee's place.
+
+    Unset, the legal window of the callee's place applies alone: 08:00-21:00 by default (TCPA),
+    Florida 08:00-20:00, Canada 09:00-21:30 on weekdays and 10:00-18:00 on weekends (CRTC), ... (see
+    `dialer.compliance.rules.LEGAL_HOURS`). The gate allows a call only inside both windows, in every
+    time zone the number may be in.
+    """
+
+    start: time | None = Field(None, description="earliest local start time; None: the legal window's")
+    end: time | None = Field(None, description="local time from which no call starts; None: the legal one")
+    sunday: bool = Field(True, description="False: no calls on Sunday")
+    holidays: tuple[date, ...] = Field(
+        (), description="callee-local dates on which the campaign places no call (e.g. 2026-12-25)"
+    )
+    overrides: dict[str, HoursWindow] = Field(
+        default_factory=dict,
+        description="campaign windows per place of the callee: 'US-FL', 'CA', 'CA-QC', 'GB', ...",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise ValueError("start must be before end")
+        return self
+
+    def window(self) -> HoursWindow | None:
+        """The campaign-wide window, or None when the campaign adds no restriction of its own."""
+        if self.start is None and self.end is None and self.sunday:
+            return None
+        return HoursWindow(start=self.start or time(0), end=self.end or time.max, sunday=self.sunday)
+
+
+class DncSettings(Model):
+    """Which do-not-call registries a campaign consults and how fresh their copies must be."""
+
+    registries: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description=(
+            "registries per callee country (ISO code), merged over the defaults (US: us-national, "
+            "CA: ca-dncl, GB: uk-tps); add state lists to US, e.g. US = ['us-national', 'state-PA']"
+        ),
+    )
+    area_codes: tuple[str, ...] = Field(
+        ("*",),
+        description="NANP area codes the registry subscription covers; '*' = every loaded area code",
+    )
+    max_age_days: int = Field(
+        31, ge=1, le=31, description="a registry copy older than this blocks its area codes (FTC: 31)"
+    )
+    warn_age_days: int = Field(25, ge=1, le=31, description="log a warning from this age on")
+
+    @model_validator(mode="after")
+    def _valid(self) -> Self:
+        # Same names as dialer.compliance.dnc.registry_kind (not imported: it pulls in numpy/redis).
+        for region, names in self.registries.items():
+            for name in names:
+                if not re.fullmatch(r"us-national|ca-dncl|state-[A-Z]{2}|uk-tps|uk-ctps", name):
+                    raise ValueError(f"registries.{region}: unknown registry {name!r} (expected us-national, "
+                                     "ca-dncl, state-XX, uk-tps, uk-ctps)")
+        for code in self.area_codes:
+            if code != "*" and not (len(code) == 3 and code.isdigit() and code[0] in "23456789"):
+                raise ValueError(f"area code {code!r} is not a NANP area code (3 digits, first 2-9)")
+        if self.warn_age_days > self.max_age_days:
+            raise ValueError("warn_age_days must not exceed max_age_days")
+        return self
+
+
 class CampaignConfig(Model):
     """One campaign: pacing, compliance rule pack, telephony and retry settings."""
 
@@ -140,6 +230,19 @@ class CampaignConfig(Model):
     connect_key: str = Field("1", pattern=r"^[0-9*#]$")
     opt_out_key: str = Field("9", pattern=r"^[0-9*#]$")
     retry: dict[Outcome, RetryRule] = Field(default_factory=lambda: dict(DEFAULT_RETRY))
+    hours: CallingHours = Field(
+        default_factory=CallingHours, description="calling window in the callee's local time, holidays"
+    )
+    dnc: DncSettings = Field(default_factory=DncSettings, description="do-not-call registries consulted")
+    amd_false_positive_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "share of machine detections that were live people, for Ofcom's abandon rate; "
+            "None: the rule pack's conservative default"
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -1,14 +1,24 @@
 """Rolling abandonment windows: abandons / live answers over a campaign's regulatory window.
 
-Pure logic: the in-memory ledger here serves the simulator and single-node runs; a Redis-backed
-ledger with the same interface shares the budget across nodes.
+The in-memory ledger serves the simulator and single-node runs; `RedisAbandonLedger`, with the same
+interface, shares the budget across nodes (30 days for `us`, 24 h with the AMD false-positive
+estimate for `uk`, the calendar month for `ca`; see `dialer.compliance.rules`). `AbandonProtection`
+implements Ofcom's 72-hour rule.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from dialer.compliance.rules import AbandonPolicy, WindowKind
+from dialer.errors import ComplianceError
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +78,132 @@ class MemoryAbandonLedger:
             counts[0] -= 1
             counts[1] -= int(abandoned)
         return AbandonStatus(counts[0], counts[1], self.limit)
+
+
+# Redis-backed ledger ------------------------------------------------------------------------------
+
+
+def bucket_s(policy: AbandonPolicy) -> float:
+    """Bucket width of a rolling window: 1/720 of it (1 h for 30 days, 2 min for 24 h), at least 1 s."""
+    return max(1.0, policy.window_s / 720)
+
+
+def month_key(at: float) -> str:
+    """Calendar month (UTC) of epoch `at`, e.g. "2026-11"."""
+    return time.strftime("%Y-%m", time.gmtime(at))
+
+
+class RedisAbandonLedger:
+    """Abandonment windows shared by every dialer node through Redis.
+
+    Rolling windows are kept as counters per bucket (1/720 of the window) in one hash per campaign,
+    `{prefix}abandon:{campaign}`, fields `<bucket>:l|a|m` (live answers, abandons, machine verdicts).
+    A bucket counts while any part of it overlaps the window, so the window reads up to one bucket
+    long: slightly more history, never less. Calendar-month windows (CRTC) use the month as bucket.
+
+    Ofcom counts an estimate of live people AMD took for machines as both answered and abandoned:
+    `machines x amd_false_positive_rate`, rounded up, is added to both sides of the ratio.
+    """
+
+    def __init__(self, redis: aioredis.Redis, windows: Mapping[str, AbandonPolicy], *,
+                 default: AbandonPolicy | None = None, prefix: str = "dialer:") -> None:
+        """`windows` maps campaign names to their policy (`rules.abandon_policy(campaign)`)."""
+        self.redis = redis
+        self.windows = dict(windows)
+        self.default = default
+        self.prefix = prefix
+
+    def _window(self, campaign: str) -> AbandonPolicy:
+        window = self.windows.get(campaign, self.default)
+        if window is None:
+            raise ComplianceError(f"no abandonment window configured for campaign {campaign!r}")
+        return window
+
+    def _key(self, campaign: str) -> str:
+        return f"{self.prefix}abandon:{campaign}"
+
+    @staticmethod
+    def _bucket(window: AbandonPolicy, at: float) -> str:
+        if window.kind is WindowKind.CALENDAR_MONTH:
+            return month_key(at)
+        return str(int(at // bucket_s(window)))
+
+    def _ttl_s(self, window: AbandonPolicy) -> int:
+        # Keep a campaign's counters a little beyond its window; an idle campaign's hash expires.
+        span = 32 * 86400.0 if window.kind is WindowKind.CALENDAR_MONTH else window.window_s
+        return int(span + bucket_s(window)) + 60
+
+    async def record(self, campaign: str, at: float, *, abandoned: bool) -> None:
+        window = self._window(campaign)
+        key, bucket = self._key(campaign), self._bucket(window, at)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(key, f"{bucket}:l", 1)
+        if abandoned:
+            pipe.hincrby(key, f"{bucket}:a", 1)
+        pipe.expire(key, self._ttl_s(window))
+        await pipe.execute()
+
+    async def record_machine(self, campaign: str, at: float) -> None:
+        """Count one AMD "machine" verdict (for the Ofcom false-positive estimate)."""
+        window = self._window(campaign)
+        key = self._key(campaign)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(key, f"{self._bucket(window, at)}:m", 1)
+        pipe.expire(key, self._ttl_s(window))
+        await pipe.execute()
+
+    async def status(self, campaign: str, at: float) -> AbandonStatus:
+        window = self._window(campaign)
+        key = self._key(campaign)
+        raw: dict[bytes | str, bytes | str] = await self.redis.hgetall(key)
+        counts = {"l": 0, "a": 0, "m": 0}
+        stale: list[bytes | str] = []
+        current = month_key(at)
+        horizon = at - window.window_s
+        for field, value in raw.items():
+            name = field.decode() if isinstance(field, bytes) else field
+            bucket, _, kind = name.rpartition(":")
+            if window.kind is WindowKind.CALENDAR_MONTH:
+                inside = bucket == current
+                old = bucket < current
+            else:
+                start = int(bucket) * bucket_s(window)
+                inside = start + bucket_s(window) > horizon and start <= at
+                old = start + bucket_s(window) <= horizon
+            if inside and kind in counts:
+                counts[kind] += int(value)
+            elif old:
+                stale.append(field)
+        if stale:
+            await self.redis.hdel(key, *stale)
+        false_positives = math.ceil(counts["m"] * window.amd_false_positive_rate)
+        return AbandonStatus(counts["l"] + false_positives, counts["a"] + false_positives, window.limit)
+
+
+class AbandonProtection:
+    """Ofcom's 72-hour rule: a number whose call was abandoned is not called again within 72 hours
+    unless a live agent is guaranteed for it. Shared through Redis; the gate reads the same key.
+    """
+
+    def __init__(self, redis: aioredis.Redis, *, protect_s: float = 72 * 3600.0,
+                 prefix: str = "dialer:") -> None:
+        self.redis = redis
+        self.protect_s = protect_s
+        self.prefix = prefix
+
+    def key(self, number: str) -> str:
+        """Redis key protecting `number` (value: epoch until which it is protected)."""
+        return f"{self.prefix}abandon:protect:{number}"
+
+    async def protect(self, number: str, at: float) -> None:
+        """Protect `number` for `protect_s` from epoch `at` (the abandon), keeping the later expiry."""
+        until = at + self.protect_s
+        current = await self.protected_until(number)
+        if current is not None and current >= until:
+            return
+        await self.redis.set(self.key(number), repr(until), pxat=int(until * 1000))
+
+    async def protected_until(self, number: str) -> float | None:
+        """Epoch until which `number` is protected, or None."""
+        raw = await self.redis.get(self.key(number))
+        return float(raw) if raw is not None else None

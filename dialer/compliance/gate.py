@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dialer.errors import ClearanceError
 
@@ -97,3 +97,19 @@ class PermissiveGate:
 
     async def check(self, candidate: DialCandidate, now: float) -> Verdict:
         return mint_clearance(candidate.number, candidate.campaign, now)
+
+
+# `ComplianceGate`, the real gate, lives in `dialer.compliance.checker`: it needs settings, rules and
+# Redis, and `dialer.config` -> `dialer.telephony` -> this module must stay importable without them.
+# It is importable from here all the same, resolved on first use (PEP 562).
+if TYPE_CHECKING:
+    from dialer.compliance.checker import ComplianceGate as ComplianceGate
+    from dialer.compliance.checker import GateMetrics as GateMetrics
+
+
+def __getattr__(name: str) -> object:
+    if name in ("ComplianceGate", "GateMetrics"):
+        from dialer.compliance import checker
+
+        return getattr(checker, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
