@@ -11,8 +11,10 @@ from dialer.errors import DialerError
 
 COMMAND_MODULES = (
     "dialer.sim.cli",
-    "dialer.compliance.cli",
     "dialer.leads_cli",
+    "dialer.config_cli",
+    "dialer.compliance.cli",
+    "dialer.daemon_cli",
 )
 """Modules with `register(subparsers)`; each subcommand sets `func(args) -> int` as its handler."""
 

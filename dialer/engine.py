@@ -73,6 +73,18 @@ MIN_TICK_GAP_S = 0.05
 """Event-triggered ticks (an agent became ready, a line freed) are spaced at least this far apart."""
 
 
+def check_pools(campaigns: Mapping[str, CampaignConfig]) -> None:
+    """Raise `ConfigError` when two campaigns share an agent pool (each would count its agents)."""
+    pools: dict[str, str] = {}
+    problems = []
+    for cfg in campaigns.values():
+        other = pools.setdefault(cfg.agent_pool, cfg.name)
+        if other != cfg.name:
+            problems.append(f"campaign {cfg.name}: agent_pool {cfg.agent_pool!r} already serves {other}")
+    if problems:
+        raise ConfigError(problems)
+
+
 class OptOutRecorder(Protocol):
     """Writes an opt-out to the internal DNC list. Awaited before the call is hung up (invariant 5)."""
 
@@ -175,14 +187,7 @@ class Engine:
         call_ids: Callable[[], str] | None = None,
         metrics: DialerMetrics | None = None,
     ) -> None:
-        pools: dict[str, str] = {}
-        problems = []
-        for cfg in campaigns.values():
-            other = pools.setdefault(cfg.agent_pool, cfg.name)
-            if other != cfg.name:
-                problems.append(f"campaign {cfg.name}: agent_pool {cfg.agent_pool!r} already serves {other}")
-        if problems:
-            raise ConfigError(problems)
+        check_pools(campaigns)
         self.agents = agents
         self.leads = leads
         self.gate = gate
@@ -294,7 +299,9 @@ class Engine:
         """Apply new campaign settings from the next tick on, without dropping calls.
 
         A campaign whose pacing settings are unchanged keeps its policy object and what it learnt.
+        Raises `ConfigError` (and changes nothing) when the new set is inconsistent.
         """
+        check_pools(campaigns)
         for name, cfg in campaigns.items():
             rt = self.campaigns.get(name)
             if rt is None:
@@ -458,7 +465,7 @@ class Engine:
             rt.stats.blocked += 1
             record.outcome, record.reason = Outcome.BLOCKED, verdict.reason.value
             record.ended_at = self.clock()
-            log.info("dial_blocked", campaign=rt.name, lead=lead.lead_id, reason=verdict.reason.value)
+            log.debug("dial_blocked", campaign=rt.name, lead=lead.lead_id, reason=verdict.reason.value)
             retry_at = None if verdict.reason in PERMANENT_BLOCKS else self.clock() + BLOCK_RETRY_DELAY_S
             # A blocked lead was not attempted: its attempt count stays where it was.
             record.attempt = lead.attempts

@@ -1,0 +1,308 @@
+"""The daemon: one node of the dialer, owning engine, telephony, API server and reload in one TaskGroup.
+
+Signals only set events. SIGTERM/SIGINT: stop placing calls, let connected calls finish for
+`drain_timeout_s`, hang up and record the rest, exit 0. SIGHUP: re-read every config file; a valid
+new config applies from the next tick without dropping calls, an invalid one is rejected (logged,
+counted) and the old one keeps running. systemd `Type=notify` readiness and watchdog are sent when
+`NOTIFY_SOCKET` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from dialer.agents import AgentPool
+from dialer.compliance.abandon import RedisAbandonLedger
+from dialer.compliance.checker import ComplianceGate
+from dialer.compliance.dnc import DncLists, OptOutRecorder
+from dialer.compliance.rules import abandon_policy
+from dialer.config import CampaignConfig, DaemonConfig, RedisSettings, load_all
+from dialer.engine import Engine
+from dialer.errors import ConfigError
+from dialer.leads_redis import RedisLeadStore
+from dialer.logging import configure_logging
+from dialer.metrics import DialerMetrics
+from dialer.outcomes import AgentState
+from dialer.sim.scenario import load_scenario
+from dialer.sim.world import SimTelephony
+from dialer.telephony import Telephony
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: an internal error stopped the daemon
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a required service (the SIP pool) could not start
+EXIT_CONFIG = 78  # EX_CONFIG: the configuration is invalid; systemd should not restart in a loop
+
+
+def notify(message: str) -> bool:
+    """Send one sd_notify message (READY=1, STOPPING=1, WATCHDOG=1, STATUS=...) if under systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # abstract namespace socket
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError as exc:
+            log.warning("sd_notify_failed", error=str(exc))
+            return False
+    return True
+
+
+def redis_client(settings: RedisSettings, *, decode_responses: bool = False) -> aioredis.Redis:
+    """A client for the configured Redis, through Sentinel when sentinels are listed."""
+    password = settings.password.get_secret_value() if settings.password else None
+    common: dict[str, Any] = {
+        "decode_responses": decode_responses,
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": settings.socket_connect_timeout_s,
+        "health_check_interval": settings.health_check_interval_s,
+        "retry_on_timeout": False,
+    }
+    if settings.sentinels:
+        from redis.asyncio.sentinel import Sentinel
+
+        hosts = [(a.rsplit(":", 1)[0].strip("[]"), int(a.rsplit(":", 1)[1])) for a in settings.sentinels]
+        sentinel_kwargs = {}
+        if settings.sentinel_password is not None:
+            sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
+        # redis-py's Sentinel constructor is not annotated.
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            hosts, sentinel_kwargs=sentinel_kwargs, password=password, **common
+        )
+        client: aioredis.Redis = sentinel.master_for(settings.sentinel_master)
+        return client
+    kwargs = dict(common)
+    if password is not None:
+        kwargs["password"] = password
+    return aioredis.Redis.from_url(settings.url, **kwargs)
+
+
+@dataclass
+class Services:
+    """Everything a running node is made of; the API and the reload act on these."""
+
+    config_path: Path
+    config: DaemonConfig
+    campaigns: dict[str, CampaignConfig]
+    registry: CollectorRegistry
+    metrics: DialerMetrics
+    redis: aioredis.Redis
+    agents: AgentPool
+    leads: RedisLeadStore
+    gate: ComplianceGate
+    dnc: DncLists
+    ledger: RedisAbandonLedger
+    engine: Engine
+    telephony: Telephony
+    started_at: float = field(default_factory=time.time)
+    redis_ok: bool = False
+    reload_count: int = 0
+
+    def telephony_ready(self) -> bool:
+        """True when the telephony back end can place calls (SIP workers up)."""
+        workers_up = getattr(self.telephony, "workers_up", None)
+        if callable(workers_up):
+            return bool(workers_up())
+        return True
+
+
+async def open_telephony(config: DaemonConfig, simulate: Path | None, clock: Callable[[], float],
+                         seed: int) -> tuple[Telephony, Callable[[], Any]]:
+    """The telephony back end and its closer: the SIP worker pool, or a simulated world in real time."""
+    if simulate is not None:
+        scenario = load_scenario(simulate)
+        world = SimTelephony(scenario, random.Random(seed), clock, simulate.parent)
+
+        async def close_world() -> None:
+            return None
+
+        return world, close_world
+    from sip.pool import SipPool
+
+    pool = SipPool(config.sip)
+    await pool.open()
+    return pool, pool.close
+
+
+class Daemon:
+    """One dialer node. `await Daemon(path).run()` returns the process exit code."""
+
+    def __init__(self, config_path: Path, *, simulate: Path | None = None, sim_agents: int = 0,
+                 seed: int = 1, env: Mapping[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.simulate = simulate
+        self.sim_agents = sim_agents
+        self.seed = seed
+        self.env = env
+        self.services: Services | None = None
+        self.api_port: int | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self.started = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM does)."""
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Re-read the configuration (what SIGHUP does)."""
+        self._reload.set()
+
+    async def run(self) -> int:
+        """Run until stopped; returns the exit code."""
+        try:
+            config, campaigns = load_all(self.config_path, self.env)
+        except ConfigError as exc:
+            configure_logging("info", None)
+            log.error("config_invalid", path=str(self.config_path), problems=exc.problems)
+            return EXIT_CONFIG
+        configure_logging(config.logging.level, config.logging.json_lines)
+        try:
+            return await self._run(config, campaigns)
+        except Exception:
+            log.exception("daemon_failed")
+            return EXIT_SOFTWARE
+
+    async def _run(self, config: DaemonConfig, campaigns: dict[str, CampaignConfig]) -> int:
+        loop = asyncio.get_running_loop()
+        clock = time.time
+        registry = CollectorRegistry()
+        metrics = DialerMetrics(registry, clock=clock)
+        redis = redis_client(config.redis)
+        # The lead store works on decoded strings; the DNC bitmaps on bytes: one client each.
+        leads_redis = redis_client(config.redis, decode_responses=True)
+        try:
+            telephony, close_telephony = await open_telephony(config, self.simulate, clock, self.seed)
+        except Exception as exc:
+            log.error("telephony_unavailable", error=str(exc))
+            await redis.aclose()
+            await leads_redis.aclose()
+            return EXIT_UNAVAILABLE
+        agents = AgentPool(clock)
+        leads = RedisLeadStore(leads_redis, node_id=config.node_id)
+        gate = ComplianceGate(redis, campaigns)
+        dnc = DncLists(redis)
+        ledger = RedisAbandonLedger(redis, {name: abandon_policy(c) for name, c in campaigns.items()})
+        engine = Engine(campaigns, agents=agents, leads=leads, gate=gate, telephony=telephony, abandon=ledger,
+                        opt_out=OptOutRecorder(dnc), clock=clock, metrics=metrics)
+        svc = Services(self.config_path, config, campaigns, registry, metrics, redis, agents, leads, gate,
+                       dnc, ledger, engine, telephony)
+        self.services = svc
+        if isinstance(telephony, SimTelephony):  # a simulated world plays the agents' after-call work
+            telephony.on_wrap_up_done = engine.finish_wrap_up
+        for i in range(self.sim_agents):
+            pool_name = next(iter(campaigns.values())).agent_pool if campaigns else "default"
+            agents.add(f"sim{i:03d}", f"sip:sim{i:03d}@127.0.0.1", pool_name)
+            agents.transition(f"sim{i:03d}", AgentState.READY)
+
+        for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
+                             (signal.SIGHUP, self.request_reload)):
+            loop.add_signal_handler(sig, handler)
+        runner = web.AppRunner(self._app(svc), handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, config.api.host, config.api.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.api_port = sockets[0].getsockname()[1] if sockets else config.api.port
+        log.info("daemon_started", api=f"{config.api.host}:{self.api_port}", campaigns=sorted(campaigns),
+                 redis=config.redis.redacted_url, telephony="sim" if self.simulate else "sip")
+        stop_maintenance = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                engine_task = tg.create_task(engine.run(), name="engine")
+                tg.create_task(leads.maintain(stop_maintenance), name="lead-leases")
+                health = tg.create_task(self._health(svc), name="health")
+                reload = tg.create_task(self._reload_loop(svc), name="reload")
+                notify("READY=1")
+                self.started.set()
+                await self._stop.wait()
+                notify("STOPPING=1")
+                log.info("daemon_draining", timeout_s=config.drain_timeout_s, calls=engine.active_calls)
+                hung_up = await engine.drain(config.drain_timeout_s)
+                log.info("daemon_drained", hung_up=hung_up)
+                engine.stop()
+                await engine_task
+                stop_maintenance.set()
+                health.cancel()
+                reload.cancel()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await runner.cleanup()
+            await asyncio.shield(close_telephony())
+            await redis.aclose()
+            await leads_redis.aclose()
+        log.info("daemon_stopped")
+        return EXIT_OK
+
+    def _app(self, svc: Services) -> web.Application:
+        from dialer.api import build_app
+
+        return build_app(svc)
+
+    async def _health(self, svc: Services) -> None:
+        """Redis health for /readyz and dialer_redis_up; systemd watchdog pings."""
+        watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        interval = min(svc.config.redis.health_check_interval_s,
+                       watchdog_usec / 2e6 if watchdog_usec else float("inf"))
+        while True:
+            try:
+                svc.redis_ok = bool(await svc.redis.ping())
+            except Exception as exc:
+                if svc.redis_ok:
+                    log.error("redis_unreachable", error=str(exc))
+                svc.redis_ok = False
+            svc.metrics.redis_up.set(1 if svc.redis_ok else 0)
+            if watchdog_usec:
+                notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def _reload_loop(self, svc: Services) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            self.reload(svc)
+
+    def reload(self, svc: Services) -> bool:
+        """Apply the configuration on disk if it is valid; keep the running one otherwise."""
+        try:
+            config, campaigns = load_all(self.config_path, self.env)
+        except ConfigError as exc:
+            svc.metrics.record_reload(ok=False)
+            log.error("config_reload_rejected", problems=exc.problems)
+            return False
+        try:
+            svc.engine.reconfigure(campaigns)
+            svc.gate.set_campaigns(campaigns)
+            svc.ledger.windows = {name: abandon_policy(c) for name, c in campaigns.items()}
+        except Exception as exc:  # e.g. two campaigns on one pool: keep the old configuration
+            svc.metrics.record_reload(ok=False)
+            log.error("config_reload_rejected", problems=[str(exc)])
+            return False
+        restart_keys = [k for k in ("redis", "sip", "api", "node_id")
+                        if getattr(config, k) != getattr(svc.config, k)]
+        if restart_keys:
+            log.warning("config_restart_required", keys=restart_keys)
+        svc.campaigns = campaigns
+        svc.reload_count += 1
+        svc.metrics.record_reload(ok=True)
+        log.info("config_reloaded", campaigns=sorted(campaigns))
+        return True
