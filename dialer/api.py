@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-if TYPE_CHECKING:
-    from dialer.daemon import Services
+from dialer.daemon import Services
 
-SERVICES = web.AppKey("services", "Services")
+SERVICES = web.AppKey("services", Services)
 
 
 def build_app(svc: Services) -> web.Application:
