@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-APT_PACKAGES := redis-server:redis-server sipp:sip-tester
+APT_PACKAGES := redis-server:redis-server sipp:sip-tester promtool:prometheus
 
 .PHONY: run test lint typecheck unit system-deps bench-pacing bench-dnc bench-sip simulate clean
 

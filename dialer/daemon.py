@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,8 @@ from prometheus_client import CollectorRegistry
 from dialer.agents import AgentPool
 from dialer.compliance.abandon import RedisAbandonLedger
 from dialer.compliance.checker import ComplianceGate
-from dialer.compliance.dnc import DncLists, OptOutRecorder
-from dialer.compliance.rules import abandon_policy
+from dialer.compliance.dnc import DncLists, OptOutRecorder, registry_status
+from dialer.compliance.rules import DEFAULT_REGISTRIES, abandon_policy
 from dialer.config import CampaignConfig, DaemonConfig, RedisSettings, load_all
 from dialer.engine import Engine
 from dialer.errors import ConfigError
@@ -271,9 +272,28 @@ class Daemon:
                     log.error("redis_unreachable", error=str(exc))
                 svc.redis_ok = False
             svc.metrics.redis_up.set(1 if svc.redis_ok else 0)
+            if svc.redis_ok:
+                await self._publish_dnc_ages(svc)
             if watchdog_usec:
                 notify("WATCHDOG=1")
             await asyncio.sleep(interval)
+
+    @staticmethod
+    async def _publish_dnc_ages(svc: Services) -> None:
+        """Feed dialer_dnc_list_age_seconds: per registry, the as-of date of its oldest loaded copy."""
+        names = {n for regs in DEFAULT_REGISTRIES.values() for n in regs}
+        for campaign in svc.campaigns.values():
+            names.update(n for regs in campaign.dnc.registries.values() for n in regs)
+        for name in sorted(names):
+            try:
+                copies = await registry_status(svc.redis, name)
+            except Exception as exc:
+                log.warning("dnc_status_failed", registry=name, error=str(exc))
+                continue
+            if copies:
+                oldest = min(c.as_of for c in copies)
+                as_of = datetime.combine(oldest, datetime.min.time(), tzinfo=UTC).timestamp()
+                svc.metrics.set_dnc_loaded(name, as_of)
 
     async def _reload_loop(self, svc: Services) -> None:
         while True:
