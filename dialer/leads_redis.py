@@ -2,13 +2,16 @@
 
 Keys of campaign C (the `{C}` hash tag keeps a campaign's keys in one Cluster slot):
 
-- `dialer:{C}:lead:<id>` hash: number, zones, data (JSON), attempts, state (scheduled|leased|done),
+- `dialer:{C}:lead:<id>` hash: number, zones, `d:<column>` per data column (separate short fields keep
+  the hash in Redis's compact listpack encoding, half the memory of one long JSON value), attempts,
+  state (scheduled|leased|done),
   due_at, and while leased: token, node, lease_until (Redis server ms), claimed_at; afterwards
   outcome, disposition, callback_at, lease_losses.
 - `dialer:{C}:hopper` sorted set: scheduled lead ids by next-attempt time (the caller's epoch clock).
 - `dialer:{C}:leases` sorted set: leased lead ids by lease expiry (Redis server clock, ms).
 - `dialer:{C}:done` set: finished lead ids. `dialer:{C}:meta` hash: lead count, lease sequence.
-- `dialer:{C}:hist:<id>` list: the lead's attempt records (JSON), oldest first.
+- `dialer:{C}:hist:<id>` string: the lead's attempt records, one compact JSON object per line, oldest
+  first (an appended string costs about half the memory of a one-item list).
 - `dialer:{C}:cdr` stream: one entry per attempt record, trimmed by the configured retention.
 - `dialer:campaigns` set: campaigns that have leads (the reaper walks it).
 
@@ -54,6 +57,8 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 CAMPAIGN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+DATA_PREFIX = "d:"
+"""Lead data columns are stored as hash fields with this prefix, apart from the store's own fields."""
 IMPORT_SEEN_TTL_S = 86400
 """An import's duplicate-detection hash is deleted at the end; the TTL cleans up after a crash."""
 
@@ -61,6 +66,17 @@ _NOW_MS = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+_APPEND_LINE = """
+-- SET for the first line: APPEND over-allocates (it doubles the buffer), SET stores the exact size.
+local function append_line(key, line)
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('SET', key, line .. '\\n')
+  else
+    redis.call('APPEND', key, line .. '\\n')
+  end
 end
 """
 
@@ -79,11 +95,13 @@ end
 """
 
 # KEYS: hopper, meta, seen (this import's id -> first line), campaigns
-# ARGV: lead key prefix, due_at, campaign, seen ttl, then (id, line, number, zones, data) per row
+# ARGV: lead key prefix, due_at, campaign, seen ttl, then per row: id, line, number, zones, n, and n
+#       data field/value pairs (field names already prefixed `d:`)
 _IMPORT = """
 local out, created = {}, 0
-for i = 5, #ARGV, 5 do
-  local id = ARGV[i]
+local i = 5
+while i <= #ARGV do
+  local id, n = ARGV[i], tonumber(ARGV[i + 4])
   if redis.call('HSETNX', KEYS[3], id, ARGV[i + 1]) == 0 then
     out[#out + 1] = 'dup:' .. redis.call('HGET', KEYS[3], id)
   else
@@ -91,13 +109,16 @@ for i = 5, #ARGV, 5 do
     if redis.call('EXISTS', key) == 1 then
       out[#out + 1] = 'existing'
     else
-      redis.call('HSET', key, 'number', ARGV[i + 2], 'zones', ARGV[i + 3], 'data', ARGV[i + 4],
-                 'attempts', 0, 'state', 'scheduled', 'due_at', ARGV[2])
+      local fields = {'number', ARGV[i + 2], 'zones', ARGV[i + 3], 'attempts', 0, 'state', 'scheduled',
+                      'due_at', ARGV[2]}
+      for j = i + 5, i + 4 + 2 * n do fields[#fields + 1] = ARGV[j] end
+      redis.call('HSET', key, unpack(fields))
       redis.call('ZADD', KEYS[1], ARGV[2], id)
       created = created + 1
       out[#out + 1] = 'new'
     end
   end
+  i = i + 5 + 2 * n
 end
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 if created > 0 then redis.call('HINCRBY', KEYS[2], 'leads', created) end
@@ -124,8 +145,18 @@ for i = 1, #hits, 2 do
     redis.call('HSET', key, 'state', 'leased', 'token', token, 'node', ARGV[4], 'lease_until', lease_until,
                'due_at', due, 'claimed_at', ARGV[6])
     redis.call('ZADD', KEYS[2], lease_until, id)
-    local f = redis.call('HMGET', key, 'number', 'data', 'zones')
-    out[#out + 1] = {id, token, attempt - 1, f[1], f[2], f[3]}
+    local lead = {id, token, attempt - 1, '', ''}
+    local all = redis.call('HGETALL', key)
+    for j = 1, #all, 2 do
+      local name = all[j]
+      if name == 'number' then lead[4] = all[j + 1]
+      elseif name == 'zones' then lead[5] = all[j + 1]
+      elseif string.sub(name, 1, 2) == 'd:' then
+        lead[#lead + 1] = string.sub(name, 3)
+        lead[#lead + 1] = all[j + 1]
+      end
+    end
+    out[#out + 1] = lead
   end
 end
 return out
@@ -134,13 +165,13 @@ return out
 # KEYS: lead, hopper, leases, done, hist, cdr
 # ARGV: id, token, retry_at ('' = finished), outcome, disposition, record json, trim kind, trim value,
 #       record's attempt number, then the CDR's field/value pairs
-_COMPLETE = _NOW_MS + _XADD + """
+_COMPLETE = _NOW_MS + _XADD + _APPEND_LINE + """
 local now = now_ms()
 local f = redis.call('HMGET', KEYS[1], 'state', 'token', 'lease_until', 'callback_at', 'attempts')
 if f[1] ~= 'leased' or f[2] ~= ARGV[2] then return {'lost', f[1] or 'missing'} end
 if tonumber(f[3]) < now then return {'lost', 'expired'} end
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('RPUSH', KEYS[5], ARGV[6])
+append_line(KEYS[5], ARGV[6])
 local cdr = {}
 for i = 10, #ARGV do cdr[#cdr + 1] = ARGV[i] end
 xadd(KEYS[6], ARGV[7], ARGV[8], now, cdr)
@@ -185,7 +216,7 @@ return lost
 # KEYS: leases, hopper, done, cdr
 # ARGV: lead key prefix, hist key prefix, max lease losses, campaign, trim kind, trim value, limit,
 #       then the record field names in order
-_REAP = _NOW_MS + _XADD + """
+_REAP = _NOW_MS + _XADD + _APPEND_LINE + """
 local now = now_ms()
 local ids = redis.call('ZRANGE', KEYS[1], '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[7]))
 local requeued, finished = 0, 0
@@ -203,12 +234,12 @@ for _, id in ipairs(ids) do
                  sip_status = '0', reason = 'lease_expired'}
     local obj, cdr = {}, {}
     for i = 8, #ARGV do
-      local v = rec[ARGV[i]] or ''
-      obj[ARGV[i]] = v
-      cdr[#cdr + 1] = ARGV[i]
+      local name, v = ARGV[i], rec[ARGV[i]] or ''
+      if v ~= '' and name ~= 'lead_id' and name ~= 'campaign' and name ~= 'number' then obj[name] = v end
+      cdr[#cdr + 1] = name
       cdr[#cdr + 1] = v
     end
-    redis.call('RPUSH', ARGV[2] .. id, cjson.encode(obj))
+    append_line(ARGV[2] .. id, cjson.encode(obj))
     xadd(KEYS[4], ARGV[5], ARGV[6], now, cdr)
     redis.call('HDEL', key, 'token', 'node', 'lease_until', 'claimed_at', 'callback_at')
     redis.call('HSET', key, 'outcome', 'failed', 'disposition', '')
@@ -329,6 +360,15 @@ class LeadInfo:
     history: list[AttemptRecord]
 
 
+_IMPLIED_BY_KEY = frozenset({"lead_id", "campaign", "number"})
+
+
+def _history_json(record: AttemptRecord) -> str:
+    """A history entry: the record without what its key implies and without empty fields (memory)."""
+    compact = {k: v for k, v in record.as_dict().items() if k not in _IMPLIED_BY_KEY and v not in (None, "")}
+    return json.dumps(compact, separators=(",", ":"))
+
+
 def _check_campaign(campaign: str) -> str:
     if not CAMPAIGN_NAME.match(campaign):
         raise LeadError(f"invalid campaign name {campaign!r}: letters, digits, '_', '.', '-' only")
@@ -436,8 +476,10 @@ class RedisLeadStore:
                 return
             args: list[str | int | float] = [self._lead_prefix(campaign), due_at, campaign, IMPORT_SEEN_TTL_S]
             for row in batch:
-                data = json.dumps(row.data, ensure_ascii=False, separators=(",", ":"))
-                args += [lead_id_for(campaign, row.number), row.line, row.number, ",".join(row.zones), data]
+                args += [lead_id_for(campaign, row.number), row.line, row.number, ",".join(row.zones),
+                         len(row.data)]
+                for name, value in row.data.items():
+                    args += [DATA_PREFIX + name, value]
             keys = [self._key(campaign, "hopper"), self._key(campaign, "meta"), seen_key,
                     f"{self.prefix}:campaigns"]
             results: list[str] = await self._import(keys=keys, args=args)
@@ -480,10 +522,10 @@ class RedisLeadStore:
         rows: list[list[Any]] = await self._claim(keys=keys, args=args)
         leads = []
         held = self._held[campaign]
-        for lead_id, token, attempts, number, data, zones in rows:
+        for lead_id, token, attempts, number, zones, *data in rows:
             held[lead_id] = token
             leads.append(Lead(lead_id=lead_id, campaign=campaign, number=number, attempts=int(attempts),
-                              data=json.loads(data) if data else {},
+                              data=dict(zip(data[0::2], data[1::2], strict=True)),
                               zones=tuple(zones.split(",")) if zones else (), lease=token))
         return leads
 
@@ -501,7 +543,7 @@ class RedisLeadStore:
         keys = [self._lead_prefix(campaign) + lead.lead_id, self._key(campaign, "hopper"),
                 self._key(campaign, "leases"), self._key(campaign, "done"),
                 self._hist_prefix(campaign) + lead.lead_id, self._key(campaign, "cdr")]
-        record_json = json.dumps(record.as_dict(), separators=(",", ":"))
+        record_json = _history_json(record)
         retry = "" if retry_at is None else repr(float(retry_at))
         outcome = record.outcome.value if record.outcome is not None else ""
         args: list[str | int | float] = [lead.lead_id, lead.lease, retry, outcome, record.disposition,
@@ -627,7 +669,8 @@ class RedisLeadStore:
         if not raw:
             return None
         lead = Lead(lead_id=lead_id, campaign=campaign, number=raw["number"], attempts=int(raw["attempts"]),
-                    data=json.loads(raw.get("data") or "{}"),
+                    data={k.removeprefix(DATA_PREFIX): v for k, v in raw.items()
+                          if k.startswith(DATA_PREFIX)},
                     zones=tuple(raw["zones"].split(",")) if raw.get("zones") else ())
         state = raw["state"]
         if state not in ("scheduled", "leased", "done"):
@@ -643,8 +686,12 @@ class RedisLeadStore:
 
     async def history(self, campaign: str, lead_id: str) -> list[AttemptRecord]:
         """The lead's attempt records, oldest first."""
-        items = cast(list[str], await self.redis.lrange(self._hist_prefix(campaign) + lead_id, 0, -1))
-        return [record_from_mapping(json.loads(item)) for item in items]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hget(self._lead_prefix(campaign) + lead_id, "number")
+            pipe.get(self._hist_prefix(campaign) + lead_id)
+            number, text = cast(tuple[str | None, str | None], await pipe.execute())
+        common = {"lead_id": lead_id, "campaign": campaign, "number": number or ""}
+        return [record_from_mapping({**json.loads(line), **common}) for line in (text or "").splitlines()]
 
     async def cdrs(self, campaign: str, since: float | None = None,
                    page: int = 1000) -> AsyncIterator[tuple[str, AttemptRecord]]:
