@@ -427,6 +427,12 @@ class DialerMetrics:
         self.sip_slots.labels(state="used").set(used)
         self.sip_slots.labels(state="free").set(free)
 
+    def record_worker_start(self, *, restart: bool) -> None:
+        """Count a SIP worker spawn; `restart` when it replaces a worker that crashed or hung."""
+        self.sip_worker_starts.inc()
+        if restart:
+            self.sip_worker_restarts.inc()
+
     def record_reload(self, *, ok: bool) -> None:
         """Count a configuration reload; a success also stamps the running configuration's time."""
         self.config_reloads.labels(result="success" if ok else "failure").inc()

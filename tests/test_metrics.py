@@ -122,6 +122,9 @@ def test_helpers_update_attempts_and_failures_together(m: DialerMetrics) -> None
     m.dials.labels(campaign="sales", result=Outcome.BUSY.value).inc()
     m.set_agents("sales", {AgentState.READY: 3, AgentState.TALKING: 5})
     m.set_sip_slots(used=7, free=9)
+    m.record_worker_start(restart=False)
+    m.record_worker_start(restart=False)
+    m.record_worker_start(restart=True)
     m.answer_to_agent.labels(campaign="sales").observe(0.4)
     m.answer_to_agent.labels(campaign="sales").observe(2.3)
     samples = scrape(m)
@@ -136,6 +139,8 @@ def test_helpers_update_attempts_and_failures_together(m: DialerMetrics) -> None
     assert value(samples, "dialer_agents", campaign="sales", state="paused") == 0
     assert value(samples, "dialer_sip_worker_slots", state="used") == 7
     assert value(samples, "dialer_sip_worker_slots", state="free") == 9
+    assert value(samples, "dialer_sip_worker_starts_total") == 3
+    assert value(samples, "dialer_sip_worker_restarts_total") == 1
     # The answer-to-agent buckets straddle the 2 s deadline, so abandons show in the histogram.
     assert value(samples, "dialer_answer_to_agent_seconds_bucket", campaign="sales", le="0.5") == 1
     assert value(samples, "dialer_answer_to_agent_seconds_bucket", campaign="sales", le="2.0") == 1
