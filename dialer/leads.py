@@ -208,6 +208,16 @@ class MemoryLeadStore:
             raise LeadError(f"no lead {lead_id!r} in campaign {campaign!r}")
         heapq.heappush(self._due.setdefault(campaign, []), (at, next(self._seq), lead))
 
+    async def set_disposition(self, campaign: str, lead_id: str, call_id: str, disposition: str, *,
+                              agent_id: str | None = None) -> None:
+        """Record a disposition given after the attempt was completed (e.g. at the end of wrap-up)."""
+        for record in reversed(self.records):
+            if record.call_id == call_id and record.lead_id == lead_id and record.campaign == campaign:
+                record.disposition = disposition
+                record.agent_id = record.agent_id or agent_id
+                return
+        raise LeadError(f"lead {lead_id} of campaign {campaign} has no attempt with call id {call_id!r}")
+
     def pending(self, campaign: str) -> int:
         """Leads waiting in the hopper (due or not), excluding claimed ones."""
         return len(self._due.get(campaign, ()))

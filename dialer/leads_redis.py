@@ -13,6 +13,8 @@ Keys of campaign C (the `{C}` hash tag keeps a campaign's keys in one Cluster sl
 - `dialer:{C}:hist:<id>` string: the lead's attempt records, one compact JSON object per line, oldest
   first (an appended string costs about half the memory of a one-item list).
 - `dialer:{C}:cdr` stream: one entry per attempt record, trimmed by the configured retention.
+- `dialer:{C}:dispositions` stream: dispositions set after their attempt was recorded (an agent's
+  wrap-up); exports merge them into the CDR lines, so the CDR stream itself stays append-only.
 - `dialer:campaigns` set: campaigns that have leads (the reaper walks it).
 
 Every state change is one Lua script, so a lead is in exactly one of hopper, leases or done, and a
@@ -29,6 +31,7 @@ import os
 import re
 import secrets
 import socket
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -693,16 +696,76 @@ class RedisLeadStore:
         common = {"lead_id": lead_id, "campaign": campaign, "number": number or ""}
         return [record_from_mapping({**json.loads(line), **common}) for line in (text or "").splitlines()]
 
-    async def cdrs(self, campaign: str, since: float | None = None,
-                   page: int = 1000) -> AsyncIterator[tuple[str, AttemptRecord]]:
-        """The campaign's CDR stream from epoch `since` (when the entry was written), as (id, record)."""
-        key = self._key(campaign, "cdr")
+    async def _stream(self, key: str, since: float | None,
+                      page: int) -> AsyncIterator[tuple[str, dict[str, str]]]:
         start = "-" if since is None else str(max(0, int(since * 1000)))
         while True:
             reply = await self.redis.xrange(key, min=start, count=page)
             entries = cast(list[tuple[str, dict[str, str]]], reply)
-            for entry_id, fields in entries:
-                yield entry_id, record_from_mapping(fields)
+            for entry in entries:
+                yield entry
             if len(entries) < page:
                 return
             start = "(" + entries[-1][0]
+
+    async def cdrs(self, campaign: str, since: float | None = None,
+                   page: int = 1000) -> AsyncIterator[tuple[str, AttemptRecord]]:
+        """The campaign's CDRs from epoch `since` (when the entry was written), as (entry id, record).
+
+        Dispositions set after an attempt was recorded are merged into its record.
+        """
+        late: dict[str, dict[str, str]] = {}
+        async for _, fields in self._stream(self._key(campaign, "dispositions"), since, page):
+            late[fields["call_id"]] = fields
+        async for entry_id, fields in self._stream(self._key(campaign, "cdr"), since, page):
+            record = record_from_mapping(fields)
+            extra = late.get(record.call_id)
+            if extra is not None:
+                record.disposition = extra["disposition"]
+                record.agent_id = record.agent_id or extra.get("agent_id") or None
+            yield entry_id, record
+
+    async def set_disposition(self, campaign: str, lead_id: str, call_id: str, disposition: str, *,
+                              agent_id: str | None = None) -> None:
+        """Record a disposition given after the attempt was completed (e.g. at the end of wrap-up).
+
+        Updates the attempt in the lead's history (and the lead's current disposition if it is the
+        latest attempt) and appends to the dispositions stream that exports merge into the CDRs.
+        """
+        if not disposition:
+            raise LeadError("a disposition must not be empty")
+        hist_key = self._hist_prefix(campaign) + lead_id
+        lead_key = self._lead_prefix(campaign) + lead_id
+        kind, value = self.cdr_retention.trim_args()
+
+        async def update(pipe: Any) -> None:
+            text = cast(str | None, await pipe.get(hist_key))
+            lines = (text or "").splitlines()
+            for i in range(len(lines) - 1, -1, -1):
+                entry = json.loads(lines[i])
+                if entry.get("call_id") == call_id:
+                    break
+            else:
+                raise LeadError(f"lead {lead_id} of campaign {campaign} has no attempt with call id "
+                                f"{call_id!r}")
+            entry["disposition"] = disposition
+            if agent_id and not entry.get("agent_id"):
+                entry["agent_id"] = agent_id
+            lines[i] = json.dumps(entry, separators=(",", ":"))
+            pipe.multi()
+            pipe.set(hist_key, "\n".join(lines) + "\n")
+            if i == len(lines) - 1:
+                pipe.hset(lead_key, "disposition", disposition)
+            fields = {"call_id": call_id, "lead_id": lead_id, "disposition": disposition,
+                      "agent_id": agent_id or "", "at": repr(time.time())}
+            if kind == "maxlen":
+                pipe.xadd(self._key(campaign, "dispositions"), fields, maxlen=int(value), approximate=True)
+            elif kind == "minid":
+                minid = str(int(time.time() * 1000) - int(value))
+                pipe.xadd(self._key(campaign, "dispositions"), fields, minid=minid, approximate=True)
+            else:
+                pipe.xadd(self._key(campaign, "dispositions"), fields)
+
+        # WATCH the history: a concurrent attempt completing in between makes the transaction retry.
+        await self.redis.transaction(update, hist_key)
+        log.info("disposition_set", campaign=campaign, lead=lead_id, call_id=call_id, disposition=disposition)

@@ -219,3 +219,15 @@ async def test_memory_store_callback_and_unknown_lead() -> None:
 async def test_memory_store_generator_refills() -> None:
     store = MemoryLeadStore(generator=lambda campaign, n: Lead(f"g{n}", campaign, f"+1212555{n:04d}"))
     assert [x.lead_id for x in await store.claim("c1", 3, 0.0)] == ["g0", "g1", "g2"]
+
+
+async def test_memory_store_disposition_after_completion() -> None:
+    store = MemoryLeadStore()
+    lead = Lead("L0", "c1", "+12125550100")
+    store.add(lead)
+    [claimed] = await store.claim("c1", 1, 0.0)
+    await store.complete(claimed, AttemptRecord("call-1", "L0", "c1", lead.number, 1, 0.0), retry_at=None)
+    await store.set_disposition("c1", "L0", "call-1", "sale", agent_id="a1")
+    assert (store.records[0].disposition, store.records[0].agent_id) == ("sale", "a1")
+    with pytest.raises(LeadError, match="has no attempt with call id 'call-2'"):
+        await store.set_disposition("c1", "L0", "call-2", "sale")

@@ -370,3 +370,24 @@ def test_cli_reports_unreachable_redis(tmp_path: Path, capsys: pytest.CaptureFix
     assert run_cli("leads", "status", "c1", "--redis-url", url) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"dialer: Redis at redis://user:***@127.0.0.1:{port}/0: ") and "secret" not in err
+
+
+async def test_disposition_after_completion_reaches_history_and_export(store: RedisLeadStore) -> None:
+    await import_numbers(store, "c1", numbers(2))
+    first, second = await store.claim("c1", 2, 0.0)
+    rec = record(first, Outcome.LIVE, 10.0)
+    rec.agent_id = None
+    await store.complete(first, rec, retry_at=None)
+    await store.complete(second, record(second, Outcome.BUSY, 11.0), retry_at=None)
+    await store.set_disposition("c1", first.lead_id, rec.call_id, "callback_requested", agent_id="agent-3")
+    [hist] = await store.history("c1", first.lead_id)
+    assert (hist.disposition, hist.agent_id, hist.claimed_at) == ("callback_requested", "agent-3", 10.0)
+    info = await store.lead_info("c1", first.lead_id)
+    assert info is not None and info.disposition == "callback_requested"
+    exported = {r.call_id: r async for _, r in store.cdrs("c1")}
+    assert exported[rec.call_id].disposition == "callback_requested"
+    assert exported[rec.call_id].agent_id == "agent-3"
+    assert exported[f"call-{second.lead_id}-1"].disposition == ""
+    assert await store.redis.xlen("dialer:{c1}:cdr") == 2  # the CDR stream stays append-only
+    with pytest.raises(LeadError, match=r"has no attempt with call id 'nope'"):
+        await store.set_disposition("c1", first.lead_id, "nope", "sale")
