@@ -33,6 +33,7 @@ from dialer.compliance.gate import Blocked, DialCandidate
 from dialer.compliance.numbers import normalise
 from dialer.config import CampaignConfig, PacingSettings, load_campaign, read_toml
 from dialer.errors import ComplianceError, ConfigError
+from dialer.logging import configure_logging
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_URL_ENV = "DIALER_REDIS_URL"
@@ -65,6 +66,11 @@ def campaign_settings(name: str | None, campaigns_dir: Path) -> CampaignConfig:
     if not path.exists():
         raise ConfigError([f"{path}: no such campaign file"])
     return load_campaign(path)
+
+
+def _logs_to_stderr() -> None:
+    """Keep stdout for the command's answer (scripts parse it); warnings and errors go to stderr."""
+    configure_logging("warning", stream=sys.stderr)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -114,6 +120,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_load(args: argparse.Namespace) -> int:
     """`dnc load`."""
+    _logs_to_stderr()
     registry_kind(args.registry)
     for path in args.files:
         if not path.is_file():
@@ -139,6 +146,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def _list_change(args: argparse.Namespace, add: bool) -> int:
+    _logs_to_stderr()
     number = normalise(args.number)
 
     async def run() -> int:
@@ -175,6 +183,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """`dnc check`: prints `dialable ...` (exit 0) or `blocked: <reason>: <detail>` (exit 1)."""
+    _logs_to_stderr()
     campaign = campaign_settings(args.campaign, args.campaigns_dir)
     at: datetime | None = args.at
     now = time.time() if at is None else (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
@@ -197,6 +206,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """`dnc status`."""
+    _logs_to_stderr()
     registry_kind(args.registry)
 
     async def run() -> int:
