@@ -2,11 +2,10 @@
 
 Keys of campaign C (the `{C}` hash tag keeps a campaign's keys in one Cluster slot):
 
-- `dialer:{C}:lead:<id>` hash: number, zones, `d:<column>` per data column (separate short fields keep
-  the hash in Redis's compact listpack encoding, half the memory of one long JSON value), attempts,
-  state (scheduled|leased|done),
-  due_at, and while leased: token, node, lease_until (Redis server ms), claimed_at; afterwards
-  outcome, disposition, callback_at, lease_losses.
+- `dialer:{C}:lead:<id>` hash: number, zones, `d:<column>` per data column (short separate fields
+  keep the hash in Redis's compact listpack encoding: half the memory of one long JSON value),
+  attempts, state (scheduled|leased|done), due_at; while leased: token, node, lease_until (Redis
+  server ms), claimed_at; afterwards outcome, disposition, callback_at, lease_losses.
 - `dialer:{C}:hopper` sorted set: scheduled lead ids by next-attempt time (the caller's epoch clock).
 - `dialer:{C}:leases` sorted set: leased lead ids by lease expiry (Redis server clock, ms).
 - `dialer:{C}:done` set: finished lead ids. `dialer:{C}:meta` hash: lead count, lease sequence.
@@ -15,6 +14,8 @@ Keys of campaign C (the `{C}` hash tag keeps a campaign's keys in one Cluster sl
 - `dialer:{C}:cdr` stream: one entry per attempt record, trimmed by the configured retention.
 - `dialer:{C}:dispositions` stream: dispositions set after their attempt was recorded (an agent's
   wrap-up); exports merge them into the CDR lines, so the CDR stream itself stays append-only.
+- `dialer:{C}:import:<random>` hash: lead id -> first line, for duplicates within one import; deleted
+  at its end (expires after a day if the importer dies).
 - `dialer:campaigns` set: campaigns that have leads (the reaper walks it).
 
 Every state change is one Lua script, so a lead is in exactly one of hopper, leases or done, and a
@@ -583,10 +584,12 @@ class RedisLeadStore:
             for lead_id, token in snapshot:
                 args += [lead_id, token]
             gone: list[str] = await self._renew(keys=[self._key(campaign, "leases")], args=args)
+            tokens = dict(snapshot)
             for lead_id in gone:
-                # Only forget it if it was not completed or re-claimed meanwhile.
-                if held.get(lead_id) == dict(snapshot)[lead_id]:
-                    del held[lead_id]
+                # A lead completed (or re-claimed) while the renewal was in flight was not lost.
+                if held.get(lead_id) != tokens[lead_id]:
+                    continue
+                del held[lead_id]
                 lost.append((campaign, lead_id))
                 log.warning("lease_lost", campaign=campaign, lead=lead_id, node=self.node_id)
         return lost

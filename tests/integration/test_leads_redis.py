@@ -349,6 +349,15 @@ def test_cli_import_status_and_export(redis_url: str, tmp_path: Path, capsys: py
     assert capsys.readouterr().err == "exported 1 CDRs of c1\n"
     [line] = out_file.read_text().splitlines()
     assert json.loads(line)["outcome"] == "busy"
+    assert run_cli("leads", "status", "c1") == 0
+    header, values = capsys.readouterr().out.splitlines()
+    assert header.split() == ["campaign", "leads", "due", "scheduled", "leased", "done"]
+    assert values.split() == ["c1", "201", "200", "0", "0", "1"]
+    assert run_cli("leads", "status", "c1", "--lead-id", json.loads(line)["lead_id"]) == 0
+    text = capsys.readouterr().out
+    assert ": done, 1 attempts," in text and "last outcome busy" in text and "  zones: America/" in text
+    assert run_cli("leads", "recycle", "c1", "--outcome", "busy", "--outcome", "no_answer") == 0
+    assert capsys.readouterr().out == "c1: 1 leads back in the hopper\n"
 
 
 def test_cli_rejects_bad_input_clearly(redis_url: str, tmp_path: Path) -> None:
