@@ -27,7 +27,11 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
+from dialer.agent_registry import DEFAULT_LEASE_S as AGENT_LEASE_S
+from dialer.agent_registry import AgentRegistry
 from dialer.agents import AgentPool
 from dialer.compliance.abandon import RedisAbandonLedger
 from dialer.compliance.checker import ComplianceGate
@@ -68,8 +72,40 @@ def notify(message: str) -> bool:
     return True
 
 
-def redis_client(settings: RedisSettings, *, decode_responses: bool = False) -> aioredis.Redis:
-    """A client for the configured Redis, through Sentinel when sentinels are listed."""
+GATE_REDIS_RETRIES = 2
+"""Retries of a failed command on the gate/DNC/abandon client: few, so the gate closes fast."""
+LEADS_REDIS_RETRIES = 8
+"""Retries on the lead/agent client: back-off 0.05 s doubling to 1 s rides out a ~5 s Redis restart,
+so a call that ends meanwhile still gets its own record instead of a lease-expiry one."""
+
+LEAD_LEASE_ENV = "DIALER_LEAD_LEASE_S"
+AGENT_LEASE_ENV = "DIALER_AGENT_LEASE_S"
+"""Lease lengths (seconds) of lead claims (default 60) and agent sessions (default 15): how long a
+dead node's leads and agents stay with it. Short values suit tests and tight fail-over needs."""
+
+
+def lease_from_env(environ: Mapping[str, str], name: str, default: float) -> float:
+    """A lease length in seconds from environment variable `name`, or `default` when unset."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.5 <= value <= 3600:
+        raise ConfigError([f"${name}: expected seconds between 0.5 and 3600, got {raw!r}"])
+    return value
+
+
+def redis_client(settings: RedisSettings, *, decode_responses: bool = False,
+                 retries: int = GATE_REDIS_RETRIES) -> aioredis.Redis:
+    """A client for the configured Redis, through Sentinel when sentinels are listed.
+
+    A command that fails on a broken connection is retried `retries` times on a fresh one, with
+    exponential back-off (0.05 s doubling to 1 s), so a Redis restart or fail-over is ridden out
+    without a storm of reconnects; what still fails raises and, in the gate, blocks the dial.
+    """
     password = settings.password.get_secret_value() if settings.password else None
     common: dict[str, Any] = {
         "decode_responses": decode_responses,
@@ -77,6 +113,7 @@ def redis_client(settings: RedisSettings, *, decode_responses: bool = False) -> 
         "socket_connect_timeout": settings.socket_connect_timeout_s,
         "health_check_interval": settings.health_check_interval_s,
         "retry_on_timeout": False,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
     }
     if settings.sentinels:
         from redis.asyncio.sentinel import Sentinel
@@ -114,6 +151,7 @@ class Services:
     ledger: RedisAbandonLedger
     engine: Engine
     telephony: Telephony
+    agent_registry: AgentRegistry | None = None
     started_at: float = field(default_factory=time.time)
     redis_ok: bool = False
     reload_count: int = 0
@@ -217,7 +255,10 @@ class Daemon:
         metrics = DialerMetrics(registry, clock=clock)
         redis = redis_client(config.redis)
         # The lead store works on decoded strings; the DNC bitmaps on bytes: one client each.
-        leads_redis = redis_client(config.redis, decode_responses=True)
+        leads_redis = redis_client(config.redis, decode_responses=True, retries=LEADS_REDIS_RETRIES)
+        environ = os.environ if self.env is None else self.env
+        lead_lease_s = lease_from_env(environ, LEAD_LEASE_ENV, 60.0)
+        agent_lease_s = lease_from_env(environ, AGENT_LEASE_ENV, AGENT_LEASE_S)
         try:
             telephony, close_telephony = await open_telephony(config, self.simulate, clock, self.seed)
         except Exception as exc:
@@ -226,7 +267,7 @@ class Daemon:
             await leads_redis.aclose()
             return EXIT_UNAVAILABLE
         agents = AgentPool(clock)
-        leads = RedisLeadStore(leads_redis, node_id=config.node_id)
+        leads = RedisLeadStore(leads_redis, node_id=config.node_id, lease_s=lead_lease_s)
         gate = ComplianceGate(redis, campaigns)
         dnc = DncLists(redis)
         ledger = RedisAbandonLedger(redis, {name: abandon_policy(c) for name, c in campaigns.items()})
@@ -234,6 +275,8 @@ class Daemon:
                         opt_out=OptOutRecorder(dnc), clock=clock, metrics=metrics)
         svc = Services(self.config_path, config, campaigns, registry, metrics, redis, agents, leads, gate,
                        dnc, ledger, engine, telephony)
+        svc.agent_registry = AgentRegistry(leads_redis, agents, node_id=leads.node_id, lease_s=agent_lease_s,
+                                           finish_wrap_up=engine.finish_wrap_up)
         self.services = svc
         if isinstance(telephony, SimTelephony):  # a simulated world plays the agents' after-call work
             telephony.on_wrap_up_done = engine.finish_wrap_up
@@ -259,6 +302,7 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 engine_task = tg.create_task(engine.run(), name="engine")
                 tg.create_task(leads.maintain(stop_maintenance), name="lead-leases")
+                tg.create_task(svc.agent_registry.run(stop_maintenance), name="agent-registry")
                 health = tg.create_task(self._health(svc), name="health")
                 reload = tg.create_task(self._reload_loop(svc), name="reload")
                 notify("READY=1")
