@@ -1,0 +1,210 @@
+"""Run real sipp peers for SIP tests: on 127.0.0.1, free ports, a temp working dir, always stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from dialer.telephony import CallEnded, CallEvent, CallFailed
+from tests.support.servers import free_port
+
+E = TypeVar("E", bound=CallEvent)
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "sipp"
+
+
+def _udp_port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
+def free_media_port() -> int:
+    """An even UDP port with the next three free too (sipp uses RTP/RTCP pairs from -mp)."""
+    for _ in range(100):
+        port = free_port(socket.SOCK_DGRAM)
+        port -= port % 2
+        if port > 1024 and not any(_udp_port_taken(port + i) for i in range(4)):
+            return port
+    raise RuntimeError("no free UDP port pair for sipp media")
+
+
+class Sipp:
+    """One sipp UAS process playing `scenario` (a file in tests/sipp/) for `calls` calls."""
+
+    def __init__(
+        self,
+        scenario: str,
+        workdir: Path,
+        *,
+        calls: int = 1,
+        keys: Mapping[str, str] | None = None,
+        rtp_echo: bool = False,
+    ) -> None:
+        exe = shutil.which("sipp")
+        if exe is None:
+            raise RuntimeError("sipp is not installed: run `make test` (it installs sip-tester as root)")
+        self.exe = exe
+        self.scenario = SCENARIOS / scenario
+        self.workdir = workdir
+        self.calls = calls
+        self.keys = dict(keys or {})
+        self.rtp_echo = rtp_echo
+        self.port = free_port(socket.SOCK_DGRAM)
+        self.media_port = free_media_port()
+        stem = f"{self.scenario.stem}_{self.port}"
+        self.log_file = workdir / f"{stem}_logs.log"
+        self.error_file = workdir / f"{stem}_errors.log"
+        self.message_file = workdir / f"{stem}_messages.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        """host:port of this peer, for a trunk or agent URI."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 5.0) -> None:
+        """Start sipp and wait until it has bound its SIP port."""
+        args = [
+            self.exe, "-sf", str(self.scenario), "-i", "127.0.0.1", "-p", str(self.port),
+            "-mp", str(self.media_port), "-m", str(self.calls), "-timeout", "60s", "-timeout_error",
+            "-trace_logs", "-log_file", str(self.log_file),
+            "-trace_err", "-error_file", str(self.error_file),
+            "-trace_msg", "-message_file", str(self.message_file),
+        ]
+        for key, value in self.keys.items():
+            args += ["-key", key, value]
+        if self.rtp_echo:
+            args.append("-rtp_echo")
+        self.proc = subprocess.Popen(
+            args, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout_s
+        while not _udp_port_taken(self.port):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sipp exited with {self.proc.returncode}: {self.errors()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("sipp did not bind its port in time")
+            time.sleep(0.02)
+
+    def wait(self, timeout_s: float = 10.0) -> int:
+        """Wait for sipp to finish its calls; its exit code (0 = every call followed the scenario)."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"sipp {self.scenario.name} did not finish in {timeout_s} s") from None
+
+    async def finished(self, timeout_s: float = 10.0) -> int:
+        """`wait` without blocking the event loop (the pool under test keeps serving its workers)."""
+        return await asyncio.to_thread(self.wait, timeout_s)
+
+    def stop(self) -> None:
+        """Stop sipp (idempotent)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def errors(self) -> str:
+        """What sipp wrote to its error trace (unexpected messages, failed checks)."""
+        return self.error_file.read_text(errors="replace") if self.error_file.exists() else ""
+
+    def messages(self) -> str:
+        """Every SIP message sipp sent and received."""
+        return self.message_file.read_text(errors="replace") if self.message_file.exists() else ""
+
+    def logged_ticks(self, name: str) -> list[int]:
+        """Values of `<log message="NAME [clock_tick]"/>` lines, in ms of sipp's clock."""
+        text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        return [int(v) for v in re.findall(rf"^{re.escape(name)} (\d+)", text, re.MULTILINE)]
+
+    def logged(self, name: str) -> list[str]:
+        """Values of `<log message="NAME value"/>` lines."""
+        text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        return re.findall(rf"^{re.escape(name)} (.*)$", text, re.MULTILINE)
+
+
+@contextlib.contextmanager
+def running_sipp(
+    scenario: str,
+    workdir: Path,
+    *,
+    calls: int = 1,
+    keys: Mapping[str, str] | None = None,
+    rtp_echo: bool = False,
+) -> Iterator[Sipp]:
+    """A started sipp peer, stopped when the block exits whatever happens."""
+    sipp = Sipp(scenario, workdir, calls=calls, keys=keys, rtp_echo=rtp_echo)
+    sipp.start()
+    try:
+        yield sipp
+    finally:
+        sipp.stop()
+
+
+class EventRecorder:
+    """A `Telephony` event handler for tests: records (epoch, event) and lets a test await one."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, CallEvent]] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: CallEvent) -> None:
+        self.events.append((time.time(), event))
+        self._changed.set()
+
+    def of(self, call_id: str) -> list[CallEvent]:
+        """Events of one call, in order."""
+        return [e for _, e in self.events if e.call_id == call_id]
+
+    def at(self, event: CallEvent) -> float:
+        """When `event` was delivered (epoch)."""
+        return next(t for t, e in self.events if e is event)
+
+    async def wait_for(self, call_id: str, kind: type[E], timeout_s: float = 10.0) -> E:
+        """The first event of type `kind` for `call_id`, waiting up to `timeout_s`."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for _, event in self.events:
+                    if event.call_id == call_id and isinstance(event, kind):
+                        return event
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def wait_count(self, call_id: str, kind: type[E], count: int, timeout_s: float = 10.0) -> list[E]:
+        """The first `count` events of type `kind` for `call_id`, waiting up to `timeout_s`."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                found: list[E] = [e for _, e in self.events if e.call_id == call_id and isinstance(e, kind)]
+                if len(found) >= count:
+                    return found[:count]
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def wait_terminal(self, call_id: str, timeout_s: float = 10.0) -> CallFailed | CallEnded:
+        """The call's terminal event."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for _, event in self.events:
+                    if event.call_id == call_id and isinstance(event, CallFailed | CallEnded):
+                        return event
+                self._changed.clear()
+                await self._changed.wait()
