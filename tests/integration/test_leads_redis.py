@@ -167,10 +167,10 @@ async def test_maintain_renews_held_leases_and_repeated_loss_finishes_a_lead(red
         stop.set()
         await keeper
         # A lead whose holder keeps vanishing is finished after max_lease_losses, not recycled forever.
-        for _ in range(2):
-            [poison] = await a.claim("c1", 1, time.time())
-            a._held.clear()  # forget it, as a crashed node would
-            await asyncio.sleep(0.35)
+        for i in range(2):
+            async with RedisLeadStore.from_url(redis_url, node_id=f"crashes-{i}", lease_s=0.3) as crashing:
+                [poison] = await crashing.claim("c1", 1, time.time())
+            await asyncio.sleep(0.35)  # the node is gone and renews nothing
             await a.reap("c1")
         info = await a.lead_info("c1", poison.lead_id)
         assert info is not None and info.state == "done" and info.lead.attempts == 2
