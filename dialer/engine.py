@@ -168,6 +168,17 @@ class _AgentCall:
     talk_s: float = 0.0
     ended_at: float = 0.0
     wrap_timer: asyncio.TimerHandle | None = None
+    lead: Lead | None = None  # whom the call was with: a disposition may opt the number out or call back
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCallInfo:
+    """The call an agent is on or wrapping up, as the API needs it to apply a disposition."""
+
+    campaign: str
+    call_id: str
+    lead_id: str
+    number: str
 
 
 class Engine:
@@ -588,6 +599,7 @@ class Engine:
             log.error("agent_state_conflict", agent=ev.agent_id, call_id=call.request.call_id, error=str(exc))
             return
         self._agent_calls[ev.agent_id] = _AgentCall(rt, call.request.call_id)
+        self._agent_calls[ev.agent_id].lead = call.lead
 
     def _on_agent_connect_failed(self, call: ActiveCall, ev: AgentConnectFailed) -> None:
         if call.state is not CallState.CONNECTING:
@@ -740,6 +752,8 @@ class Engine:
             return
         now = self.clock()
         ac = self._agent_calls.get(agent_id) or _AgentCall(call.campaign, call.request.call_id)
+        if ac.lead is None:
+            ac.lead = call.lead
         ac.talk_s = now - agent.call_started_at
         ac.ended_at = now
         self._agent_calls[agent_id] = ac
@@ -751,6 +765,13 @@ class Engine:
         agent = self.agents.get(agent_id)
         if agent.state is AgentState.WRAP_UP:
             self.agents.transition(agent_id, AgentState.READY)
+
+    def agent_last_call(self, agent_id: str) -> AgentCallInfo | None:
+        """The call `agent_id` is talking on or wrapping up, or None once they are past wrap-up."""
+        ac = self._agent_calls.get(agent_id)
+        if ac is None or ac.lead is None:
+            return None
+        return AgentCallInfo(ac.campaign.name, ac.call_id, ac.lead.lead_id, ac.lead.number)
 
     def finish_wrap_up(self, agent_id: str, disposition: str = "") -> None:
         """The agent ended after-call work (API or simulated agent): they become ready."""
