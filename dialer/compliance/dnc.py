@@ -121,6 +121,11 @@ class DncKeys:
 
     prefix: str = "dialer:"
 
+    def __post_init__(self) -> None:
+        # The gate's lookup script receives keys inside tab/newline-separated arguments.
+        if any(ch.isspace() for ch in self.prefix):
+            raise ComplianceError(f"key prefix {self.prefix!r} must not contain white space")
+
     def registry(self, registry: str, npa: int) -> str:
         return f"{self.prefix}dnc:reg:{registry}:{npa}"
 
