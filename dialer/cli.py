@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "dialer.config_cli",
     "dialer.compliance.cli",
     "dialer.daemon_cli",
+    "dialer.demo",
 )
 """Modules with `register(subparsers)`; each subcommand sets `func(args) -> int` as its handler."""
 
