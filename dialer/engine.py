@@ -32,7 +32,7 @@ from dialer.compliance.abandon import AbandonLedger
 from dialer.compliance.gate import Blocked, BlockReason, DialCandidate, Gate
 from dialer.config import CampaignConfig, CampaignMode, MachineAction
 from dialer.errors import ConfigError, DialerError
-from dialer.leads import AttemptRecord, Lead, LeadStore, next_attempt_at
+from dialer.leads import AttemptRecord, Lead, LeadStore, LeaseLostError, next_attempt_at
 from dialer.metrics import DialerMetrics, window_label
 from dialer.outcomes import AgentState, AnswerKind, Outcome
 from dialer.pacing import PacingPolicy, make_policy
@@ -480,7 +480,7 @@ class Engine:
             retry_at = None if verdict.reason in PERMANENT_BLOCKS else self.clock() + BLOCK_RETRY_DELAY_S
             # A blocked lead was not attempted: its attempt count stays where it was.
             record.attempt = lead.attempts
-            await self.leads.complete(lead, record, retry_at)
+            await self._complete(lead, record, retry_at)
             return False
         request = DialRequest(call_id=call_id, number=lead.number, campaign=rt.name, caller_id=cfg.caller_id,
                               ring_timeout_s=cfg.ring_timeout_s,
@@ -541,6 +541,7 @@ class Engine:
         ring_s = max(0.0, ev.answered_at - call.dialled_at)
         if ev.kind is AnswerKind.MACHINE:
             rt.stats.machines += 1
+            self._spawn(self.abandon.record_machine(rt.name, ev.answered_at))
             rt.new_attempts.append(AttemptResult(Outcome.MACHINE, ring_s))
             call.state, call.record.outcome = CallState.MACHINE, Outcome.MACHINE
             if cfg.machine_action is MachineAction.MESSAGE and cfg.machine_message:
@@ -732,8 +733,15 @@ class Engine:
         if reason and not rec.reason:
             rec.reason = reason
         retry_at = next_attempt_at(outcome, rec.attempt, call.campaign.config.retry, rec.ended_at)
-        await asyncio.shield(self.leads.complete(call.lead, rec, retry_at))
+        await self._complete(call.lead, rec, retry_at)
         call.campaign.wake.set()
+
+    async def _complete(self, lead: Lead, record: AttemptRecord, retry_at: float | None) -> None:
+        """Record an attempt; shielded so that a shutdown cannot lose it halfway."""
+        try:
+            await asyncio.shield(self.leads.complete(lead, record, retry_at))
+        except LeaseLostError as exc:  # the store already recorded this attempt when the lease expired
+            log.warning("attempt_not_recorded", campaign=exc.campaign, lead=exc.lead_id, reason=exc.why)
 
     async def _hangup(self, call_id: str) -> None:
         call = self._calls.get(call_id)

@@ -369,3 +369,21 @@ def test_metrics_follow_calls_gate_and_agents() -> None:
     assert value("dialer_answer_to_agent_seconds_count", campaign="c") == 1
     assert value("dialer_answer_to_agent_seconds_sum", campaign="c") == pytest.approx(0.3)
     assert value("dialer_pacing_tick_duration_seconds_count", campaign="c") >= 1
+
+
+def test_lost_lease_is_logged_and_the_engine_carries_on() -> None:
+    from dialer.leads import AttemptRecord, LeaseLostError
+
+    async def body(rig: Rig) -> None:
+        async def complete(lead: Lead, record: AttemptRecord, retry_at: float | None) -> None:
+            raise LeaseLostError("c", lead.lead_id, "lease expired")
+
+        rig.leads.complete = complete  # type: ignore[method-assign]
+        rig.pool.transition("a0", AgentState.READY)
+        await rig.step(0.1)
+        rig.tel.emit(CallFailed(rig.tel.dialled[0].call_id, Outcome.BUSY, 486))
+        await rig.step(0.1)
+        assert rig.engine.active_calls == 0
+        assert len(rig.tel.dialled) == 2  # the next lead is dialled: nothing got stuck
+
+    run_virtual(body, numbers=2)

@@ -47,6 +47,10 @@ class AbandonLedger(Protocol):
         """Record one live answer at epoch `at`; `abandoned` if it was not connected in time."""
         ...
 
+    async def record_machine(self, campaign: str, at: float) -> None:
+        """Record one AMD "machine" verdict (rule packs that estimate AMD false positives use it)."""
+        ...
+
     async def status(self, campaign: str, at: float) -> AbandonStatus:
         """The window ending at `at`."""
         ...
@@ -66,6 +70,9 @@ class MemoryAbandonLedger:
         counts = self._counts.setdefault(campaign, [0, 0])
         counts[0] += 1
         counts[1] += int(abandoned)
+
+    async def record_machine(self, campaign: str, at: float) -> None:
+        """Machine verdicts do not count in a plain rolling window."""
 
     async def status(self, campaign: str, at: float) -> AbandonStatus:
         events = self._events.get(campaign)
