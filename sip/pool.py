@@ -254,9 +254,9 @@ class SipPool:
 
     async def connect_agent(self, call_id: str, agent: AgentTarget, mode: TransferMode) -> None:
         """Bridge (agent leg from the same worker) or REFER; `AgentConnected`/`AgentConnectFailed` follows."""
-        worker = self._worker_of(call_id)
         if not is_sip_uri(agent.uri):
             raise TelephonyError(f"agent {agent.agent_id} URI {agent.uri!r} is not a sip: URI with a host")
+        worker = self._worker_of(call_id)
         headers = dict(self.settings.agent_headers) if mode is TransferMode.BRIDGE else {}
         cmd = p.ConnectAgent(
             seq=self._next_seq(worker),
@@ -339,14 +339,14 @@ class SipPool:
             await worker.writer.drain()
             async with asyncio.timeout(self.settings.command_timeout_s):
                 result = await fut
-        except (OSError, ConnectionError) as exc:
-            raise TelephonyError(f"SIP worker {worker.index} is gone: {exc}") from None
-        except TimeoutError:
+        except TimeoutError:  # before OSError, of which it is a subclass
             self._kill(worker, "unresponsive")
             limit = self.settings.command_timeout_s
             raise TelephonyError(
                 f"SIP worker {worker.index} did not answer {cmd.type} within {limit:g} s"
             ) from None
+        except (OSError, ConnectionError) as exc:
+            raise TelephonyError(f"SIP worker {worker.index} is gone: {exc}") from None
         finally:
             worker.results.pop(cmd.seq, None)
         if not result.ok:

@@ -445,6 +445,8 @@ class Worker:
         if self.stopping and status in (0, 487):
             outcome, reason = Outcome.FAILED, "shutdown"
         else:
+            if not leg.peer_responded:
+                status = 0  # pjsua's own 487/408/503: nothing came from the network
             outcome, reason = failure_outcome(
                 status, q850=leg.q850, ring_timed_out=leg.ring_timed_out, peer_responded=leg.peer_responded
             )
