@@ -69,11 +69,14 @@ SCALES = {
 
 
 def nanp_area_codes(count: int) -> list[int]:
-    """`count` area codes that `phonenumbers` knows as valid US/Canadian ones, spread over the range."""
+    """`count` area codes that `phonenumbers` knows as valid US ones, spread over the range.
+
+    US only: the synthetic registry is `us-national` (Canadian numbers would need `ca-dncl`).
+    """
     codes = []
     for npa in range(201, 990):
         num = phonenumbers.parse(f"+1{npa}2345678")
-        if phonenumbers.is_valid_number(num) and phonenumbers.region_code_for_number(num) in ("US", "CA"):
+        if phonenumbers.is_valid_number(num) and phonenumbers.region_code_for_number(num) == "US":
             codes.append(npa)
     if count > len(codes):
         raise SystemExit(f"only {len(codes)} valid area codes known; asked for {count}")
@@ -137,11 +140,12 @@ def candidates(listed: dict[int, npt.NDArray[np.int64]], n: int, seed: int = 11)
     return out
 
 
-def business_noon() -> float:
-    """Epoch of the last Wednesday 17:00 UTC (noon Eastern, 09:00 Pacific): inside every window."""
+def business_hours() -> float:
+    """Epoch of the last Wednesday 20:00 UTC: 15:00 in New York, 10:00 in Honolulu, inside every
+    US window, so every check reaches Redis."""
     now = datetime.now(UTC)
     days_back = (now.weekday() - 2) % 7 or 7
-    day = (now - timedelta(days=days_back)).replace(hour=17, minute=0, second=0, microsecond=0)
+    day = (now - timedelta(days=days_back)).replace(hour=20, minute=0, second=0, microsecond=0)
     return day.timestamp()
 
 
@@ -157,7 +161,7 @@ async def run(scale: Scale) -> dict[str, Any]:
         client = connect(server.url, timeout_s=30.0)
         try:
             base_memory = int((await client.info("memory"))["used_memory"])
-            at = business_noon()
+            at = business_hours()
             as_of = datetime.fromtimestamp(at, UTC).date() - timedelta(days=1)
             started = time.perf_counter()
             report = await RegistryLoader(client).load("us-national", files, as_of=as_of)

@@ -41,18 +41,41 @@ _log = structlog.get_logger("dialer.compliance.gate")
 _root_logger = logging.getLogger()
 
 LOOKUP_SCRIPT: Final = r"""#!lua flags=no-writes
--- One ARGV entry per candidate: its lookups as lines "op<TAB>key<TAB>argument". Packing one string
--- per candidate instead of three arguments per lookup keeps the client's encoding cost low. Replies,
--- flattened in order into one comma-separated string (cheap to parse on the client):
--- B (registry bitmap): sentinel bit, as-of day (u32 at bit 32), the number's bit -- one BITFIELD_RO,
---   so presence, freshness and membership come from the same version of the key;
+-- ARGV[1]: the internal list's key. ARGV[2..]: one entry per candidate, tab-separated:
+--   number, campaign list key, then lookups as (op, key, argument) triples.
+-- The internal and campaign lists are read with one SMISMEMBER per list for the whole call; then,
+-- per lookup: B (registry bitmap): sentinel bit, as-of day (u32 at bit 32) and the number's bit in
+-- one BITFIELD_RO, so presence, freshness and membership come from the same version of the key;
 -- S: SISMEMBER; C: SCARD; H: HGET as integer (0 if absent); G: GET as integer (0 if absent).
--- Keys are computed by the client and passed inside ARGV: fine on a standalone or Sentinel-managed
+-- Reply: per candidate, internal-list flag, campaign-list flag, then each lookup's values, all in one
+-- comma-separated string (far cheaper for the client to parse than a nested array).
+-- Keys are computed by the client and passed in ARGV: fine on a standalone or Sentinel-managed
 -- Redis (the supported deployments), not on Redis Cluster.
-local out = {}
-local n = 0
-for c = 1, #ARGV do
-  for op, key, arg in string.gmatch(ARGV[c], '(%u)\t([^\t\n]+)\t([^\n]*)') do
+local fields, numbers, groups = {}, {}, {}
+for c = 2, #ARGV do
+  local f, k = {}, 0
+  for x in string.gmatch(ARGV[c], '[^	]+') do k = k + 1; f[k] = x end
+  local i = c - 1
+  fields[i] = f
+  numbers[i] = f[1]
+  local g = groups[f[2]]
+  if not g then g = {}; groups[f[2]] = g end
+  g[#g + 1] = i
+end
+local internal = redis.call('SMISMEMBER', ARGV[1], unpack(numbers))
+local listed = {}
+for key, idx in pairs(groups) do
+  local batch = {}
+  for j = 1, #idx do batch[j] = numbers[idx[j]] end
+  local r = redis.call('SMISMEMBER', key, unpack(batch))
+  for j = 1, #idx do listed[idx[j]] = r[j] end
+end
+local out, n = {}, 0
+for i = 1, #fields do
+  local f = fields[i]
+  out[n + 1] = internal[i]; out[n + 2] = listed[i]; n = n + 2
+  for t = 3, #f, 3 do
+    local op, key, arg = f[t], f[t + 1], f[t + 2]
     if op == 'B' then
       local r = redis.call('BITFIELD_RO', key, 'GET', 'u1', 0, 'GET', 'u32', 32, 'GET', 'u1', arg)
       out[n + 1] = r[1]; out[n + 2] = r[2]; out[n + 3] = r[3]; n = n + 3
@@ -177,7 +200,7 @@ class ComplianceGate:
         if argv:
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    raw = await self._script(keys=[], args=argv)
+                    raw = await self._script(keys=[], args=[self.keys.internal, *argv])
                 reply = [int(x) for x in raw.split(b",")] if raw else []
                 if len(reply) != width:
                     raise ComplianceError(f"lookup returned {len(reply)} values, expected {width}")
@@ -249,23 +272,23 @@ class ComplianceGate:
         return _Plan(cand, campaign, info, shape)
 
     def _ops(self, plan: _Plan) -> str:
-        """The plan's lookups as the script's per-candidate argument."""
+        """The plan's lookups as the script's per-candidate argument (see `LOOKUP_SCRIPT`)."""
         k = self.keys
         info = plan.info
         e164 = info.e164
-        lines = [f"S\t{k.internal}\t{e164}\nS\t{k.campaign(plan.campaign.name)}\t{e164}"]
+        parts = [f"{e164}\t{k.campaign(plan.campaign.name)}"]
         for reg, kind in plan.shape.registries:
             if kind is RegistryKind.INTL:
                 prefix, suffix = e164[1:-5], int(e164[-5:])
-                lines.append(f"B\t{k.block(reg, prefix)}\t{64 + suffix}\nS\t{k.blocks(reg)}\t{prefix}\n"
+                parts.append(f"B\t{k.block(reg, prefix)}\t{64 + suffix}\tS\t{k.blocks(reg)}\t{prefix}\t"
                              f"H\t{k.meta(reg, 'all')}\tas_of_day")
             else:
-                lines.append(f"B\t{k.registry(reg, info.npa or 0)}\t{info.local}")
+                parts.append(f"B\t{k.registry(reg, info.npa or 0)}\t{info.local}")
                 if kind is RegistryKind.STATE:
-                    lines.append(f"S\t{k.npas(reg)}\t{info.npa}\nC\t{k.npas(reg)}\t0")
+                    parts.append(f"S\t{k.npas(reg)}\t{info.npa}\tC\t{k.npas(reg)}\t0")
         if plan.shape.protect:
-            lines.append(f"G\t{k.protect(e164)}\t0")
-        return "\n".join(lines)
+            parts.append(f"G\t{k.protect(e164)}\t0")
+        return "\t".join(parts)
 
     # Deciding: replies in, verdict out ----------------------------------------------------------
 

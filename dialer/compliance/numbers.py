@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import phonenumbers
 from phonenumbers import geocoder, timezone
@@ -54,9 +54,8 @@ _SUBDIVISION_SUFFIX = re.compile(r", ([A-Z]{2})$")
 _CACHE_LIMIT: Final = 250_000
 
 
-@dataclass(frozen=True, slots=True)
-class NumberInfo:
-    """A classified E.164 number.
+class NumberInfo(NamedTuple):
+    """A classified E.164 number (a named tuple: built for every number the gate checks, so cheap).
 
     `region` is the ISO country code (`US`, `CA`, `GB`, `GG`, ...); `subdivision` the state or
     province postal code when known; `zones` every IANA zone the number may be in (empty when
