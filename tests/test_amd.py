@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 
 from dialer.outcomes import AnswerKind
 from sip.amd import AmdDetector, AmdResult, AmdSettings, Beep, BeepDetector, frame_bytes
-from sip.wav import AudioFormatError
+from sip.wav import AudioFormatError, read_wav_pcm
 from tests.support.audio import (
     FRAME_BYTES,
     SAMPLE_RATE_HZ,
@@ -31,6 +32,7 @@ from tests.support.audio import (
     tone,
 )
 
+CAMPAIGN_AUDIO = Path(__file__).resolve().parents[1] / "config" / "audio"
 HUMAN_SEEDS = range(0, 200)
 MACHINE_SEEDS = range(1000, 1200)
 KINDS = (AnswerKind.HUMAN, AnswerKind.MACHINE, AnswerKind.UNKNOWN)
@@ -314,3 +316,14 @@ def test_any_audio_gets_a_decision_within_the_analysis_time(chunks: list[bytes])
     assert decided is not None
     assert decided.decided_after_ms <= AmdSettings().total_analysis_time_ms
     assert decided.kind in KINDS
+
+
+@pytest.mark.parametrize("name", ["safe_harbor", "robocall", "machine_message"])
+def test_synthesised_voice_prompts_are_machines(name: str) -> None:
+    """Real synthesised speech (eSpeak NG, not our generator) talking on is a machine."""
+    _, pcm = read_wav_pcm(CAMPAIGN_AUDIO / f"{name}.wav")
+    frames = [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES)]
+    result = classify(frames)
+    assert result is not None
+    assert result.kind is AnswerKind.MACHINE
+    assert result.decided_after_ms <= 2500

@@ -178,3 +178,17 @@ def test_error_belongs_to_the_dialer_hierarchy(tmp_path: Path) -> None:
     assert isinstance(error, DialerError)
     assert isinstance(error, AudioFormatError)
     assert error.problems == ["stereo, expected mono", "11025 Hz, expected 8000 or 16000 Hz"]
+
+
+CAMPAIGN_AUDIO = Path(__file__).resolve().parents[1] / "config" / "audio"
+
+
+@pytest.mark.parametrize("name", ["safe_harbor", "robocall", "machine_message"])
+def test_shipped_campaign_audio_is_playable(name: str) -> None:
+    """The prompts in config/audio are 8 kHz mono 16-bit and small enough to keep in git."""
+    path = CAMPAIGN_AUDIO / f"{name}.wav"
+    info = read_wav_info(path)
+    assert info.sample_rate_hz == 8000
+    assert 5.0 <= info.duration_s <= 19.0
+    assert path.stat().st_size <= 300_000
+    assert (CAMPAIGN_AUDIO / f"{name}.txt").read_text().strip() != ""
