@@ -106,6 +106,10 @@ class GateMetrics(Protocol):
         """Count one check, and its block when `reason` is given."""
         ...
 
+    def set_dnc_loaded(self, registry: str, loaded_at: float) -> None:
+        """Epoch of the registry's copy (its oldest area code's as-of date): feeds the age gauge."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Shape:
@@ -149,6 +153,7 @@ class ComplianceGate:
         self._campaigns: dict[str, CampaignConfig] = {}
         self._script = redis.register_script(LOOKUP_SCRIPT)
         self._warned: set[tuple[str, int, int]] = set()
+        self._as_of: dict[str, dict[int, int]] = {}
         self.set_campaigns(campaigns)
 
     def set_campaigns(self, campaigns: Mapping[str, CampaignConfig]) -> None:
@@ -334,6 +339,11 @@ class ComplianceGate:
                 return self._blocked(cand, BlockReason.REGISTRY_STALE,
                                      f"{reg}: copy as of {day_date(as_of).isoformat()} is {age} days old "
                                      f"(limit {max_age})")
+            seen = self._as_of.setdefault(reg, {})
+            if seen.get(unit) != as_of:
+                seen[unit] = as_of
+                if self.metrics is not None:
+                    self.metrics.set_dnc_loaded(reg, min(seen.values()) * 86400.0)
             if age >= warn_age and (reg, unit, today) not in self._warned:
                 self._warned.add((reg, unit, today))
                 _log.warning("dnc_registry_aging", registry=reg, area_code=unit, age_days=age,

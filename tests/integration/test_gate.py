@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import structlog
 from prometheus_client import CollectorRegistry
 
 from dialer.compliance.abandon import AbandonProtection
@@ -144,6 +145,21 @@ async def test_registry_older_than_31_days_blocks(client: aioredis.Redis, tmp_pa
     assert reason(v) is expected
     if expected:
         assert isinstance(v, Blocked) and f"is {age_days} days old (limit 31)" in v.detail
+
+
+async def test_aging_registry_warns_once_and_feeds_the_age_gauge(client: aioredis.Redis,
+                                                                  tmp_path: Path) -> None:
+    await load(client, tmp_path, "us-national", "2125550123", as_of_days=26)
+    registry = CollectorRegistry()
+    gate = gate_for(client, metrics=DialerMetrics(registry, clock=lambda: NOW))
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            assert isinstance(await gate.check(DialCandidate(CLEAN, "c"), NOW), Clearance)
+    warnings = [e for e in logs if e["event"] == "dnc_registry_aging"]
+    assert len(warnings) == 1
+    assert warnings[0]["age_days"] == 26 and warnings[0]["area_code"] == 212
+    age = registry.get_sample_value("dialer_dnc_list_age_seconds", {"registry": "us-national"})
+    assert age is not None and 26 * 86400 <= age < 27 * 86400
 
 
 async def test_stricter_campaign_age_limit(client: aioredis.Redis, tmp_path: Path) -> None:
