@@ -41,7 +41,11 @@ def free_media_port() -> int:
 
 
 class Sipp:
-    """One sipp UAS process playing `scenario` (a file in tests/sipp/) for `calls` calls."""
+    """One sipp UAS process playing `scenario` for `calls` calls (0 = until stopped).
+
+    `scenario` is a file in tests/sipp/ (`uas_*.xml`) or the name of a scenario built into sipp
+    (`uas`).
+    """
 
     def __init__(
         self,
@@ -51,16 +55,18 @@ class Sipp:
         calls: int = 1,
         keys: Mapping[str, str] | None = None,
         rtp_echo: bool = False,
+        trace_messages: bool = True,
     ) -> None:
         exe = shutil.which("sipp")
         if exe is None:
             raise RuntimeError("sipp is not installed: run `make test` (it installs sip-tester as root)")
         self.exe = exe
-        self.scenario = SCENARIOS / scenario
+        self.scenario = SCENARIOS / scenario if scenario.endswith(".xml") else Path(scenario)
         self.workdir = workdir
         self.calls = calls
         self.keys = dict(keys or {})
         self.rtp_echo = rtp_echo
+        self.trace_messages = trace_messages  # off for load: sipp would log every message
         self.port = free_port(socket.SOCK_DGRAM)
         self.media_port = free_media_port()
         stem = f"{self.scenario.stem}_{self.port}"
@@ -76,12 +82,13 @@ class Sipp:
 
     def start(self, timeout_s: float = 5.0) -> None:
         """Start sipp and wait until it has bound its SIP port."""
+        which = ["-sf", str(self.scenario)] if self.scenario.suffix == ".xml" else ["-sn", self.scenario.name]
+        limits = ["-m", str(self.calls), "-timeout", "60s", "-timeout_error"] if self.calls else []
         args = [
-            self.exe, "-sf", str(self.scenario), "-i", "127.0.0.1", "-p", str(self.port),
-            "-mp", str(self.media_port), "-m", str(self.calls), "-timeout", "60s", "-timeout_error",
+            self.exe, *which, "-i", "127.0.0.1", "-p", str(self.port), "-mp", str(self.media_port), *limits,
             "-trace_logs", "-log_file", str(self.log_file),
             "-trace_err", "-error_file", str(self.error_file),
-            "-trace_msg", "-message_file", str(self.message_file),
+            *(["-trace_msg", "-message_file", str(self.message_file)] if self.trace_messages else []),
         ]
         for key, value in self.keys.items():
             args += ["-key", key, value]
