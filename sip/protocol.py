@@ -241,6 +241,9 @@ def _decode(adapter: TypeAdapter[T], line: bytes, what: str) -> T:
         return adapter.validate_json(line)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if first["loc"] and first["loc"][-1] == "v":
+            version = first["input"]
+            raise ProtocolError(f"{what} has protocol version {version!r}, expected {VERSION}") from None
         where = ".".join(str(p) for p in first["loc"]) or "(message)"
         text = line[:120].decode(errors="replace").rstrip()
         raise ProtocolError(f"invalid {what}: {where}: {first['msg']} in {text!r}") from None

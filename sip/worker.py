@@ -747,8 +747,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sip.worker")
     parser.add_argument("--fd", type=int, required=True, help="this end of the socketpair to the pool")
     args = parser.parse_args(argv)
-    # pjlib writes to C-level stdout before its log config applies: point fd 1 at stderr.
-    os.dup2(2, 1)
+    # pjlib writes start-up chatter to C-level stdout before its log config applies, and fd 1 must
+    # never carry anything that matters: point it at /dev/null (our log lines go to stderr).
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)
     worker = Worker(sock)
