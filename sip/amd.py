@@ -13,11 +13,15 @@ from Asterisk, each for a measured reason (see tests/test_amd.py for the accurac
   absolute minimum, so a noisy line is not one endless "word" and a quiet talker is still heard;
 - voice/silence uses hysteresis (a higher level to start voice than to keep it), so the quiet ends
   of words do not split them;
-- the greeting is measured as its span (first word onset to last voice), which includes the short
-  gaps between a machine's words, so a machine is recognised after ~1.6 s instead of after 1.5 s of
-  pure voice (~2.5 s);
-- a narrow-band beep detector (FFT peak purity and frequency stability) runs all along: a beep is a
-  machine, and after a machine decision it tells the worker when to start a voicemail drop;
+- the greeting is measured as its span (first word onset to latest voice), which includes the short
+  gaps between a machine's words, so a long greeting is recognised by the clock rather than only
+  once enough voiced frames have piled up;
+- the silence that confirms a human grows with the words heard (300 ms after one word, 700 ms after
+  two): "Hello?" is decided fast, while a machine pausing after its first phrase is not taken for
+  a person waiting;
+- a narrow-band beep detector (FFT peak purity, dominance over every other spectral peak, frequency
+  stability) runs all along: a beep is a machine, and after a machine decision it tells the worker
+  when to start a voicemail drop;
 - a long initial silence gives `unknown` by default, not `machine`: connecting a silent human to an
   agent costs less than hanging up on one (which is an abandoned call and an AMD false positive).
 
@@ -61,8 +65,8 @@ class AmdSettings(BaseModel):
     """Decision on a silent answer. Asterisk says machine; unknown lets the engine connect an agent."""
 
     greeting_ms: int = Field(1600, ge=200)
-    """A greeting spanning this long (first word onset to now, pauses shorter than
-    `after_greeting_silence_ms` included) is a machine. A person's "hello?" takes 0.4-1.2 s."""
+    """A greeting spanning this long (first word onset to the latest voice frame, the pauses inside
+    included) is a machine. A person's "hello?" takes 0.4-1.2 s."""
 
     after_greeting_silence_ms: int = Field(300, ge=100)
     """Silence this long after a short greeting means a person waiting for an answer: human.
@@ -112,6 +116,11 @@ class AmdSettings(BaseModel):
     """A tone must last this long to count as a beep. Beeps last 150 ms and more; 60 ms lets a drop
     be timed within ~100 ms of the onset while speech almost never holds one pure tone that long."""
 
+    beep_keep_min_ms: int = Field(120, ge=40)
+    """A tone that stops before lasting this long is dropped from the beeps heard (after having been
+    reported at `beep_min_ms`): real beeps last 150 ms and more, so a voicemail drop waiting for the
+    end of the last beep is not started by a short pure stretch of speech."""
+
     beep_min_purity: float = Field(0.6, gt=0.0, lt=1.0)
     """Fraction of the frame's energy (above 150 Hz) that must sit within ±50 Hz of the peak."""
 
@@ -134,6 +143,8 @@ class AmdSettings(BaseModel):
         problems = []
         if self.voice_hold_margin_db > self.voice_start_margin_db:
             problems.append("voice_hold_margin_db must not exceed voice_start_margin_db")
+        if self.beep_keep_min_ms < self.beep_min_ms:
+            problems.append("beep_keep_min_ms must not be below beep_min_ms")
         if self.beep_min_hz >= self.beep_max_hz:
             problems.append("beep_min_hz must be below beep_max_hz")
         if self.beep_max_hz >= self.sample_rate_hz / 2:
@@ -268,8 +279,9 @@ class BeepDetector:
         return self.beeps[-1] if self.beeps else None
 
     def feed(self, frame: bytes, level_dbfs: float | None = None) -> Beep | None:
-        """Analyse one frame. Returns a `Beep` on the frame where it is recognised (`end_ms` None)
-        and again on the frame where the tone stops (`end_ms` set); otherwise None.
+        """Analyse one 20 ms frame. Returns a `Beep` on the frame where it is recognised (`end_ms`
+        None) and again on the frame where the tone stops (`end_ms` set) if it lasted at least
+        `beep_keep_min_ms`; a shorter tone is forgotten. Otherwise returns None.
 
         `level_dbfs` may be passed when the caller has already measured the frame.
         """
@@ -319,6 +331,10 @@ class BeepDetector:
 
     def _end_current(self, at_ms: int) -> Beep | None:
         if self._current is None:
+            return None
+        if at_ms - self._current.start_ms < self.settings.beep_keep_min_ms:
+            self.beeps.pop()  # too short for a beep: forget it
+            self._current = None
             return None
         ended = Beep(
             start_ms=self._current.start_ms,

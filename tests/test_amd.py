@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from dialer.outcomes import AnswerKind
-from sip.amd import AmdDetector, AmdResult, AmdSettings, Beep, BeepDetector, frame_bytes
+from sip.amd import AmdDetector, AmdResult, AmdSettings, Beep, BeepDetector, NoiseFloor, frame_bytes
 from sip.wav import AudioFormatError, read_wav_pcm
 from tests.support.audio import (
     FRAME_BYTES,
@@ -266,6 +266,31 @@ def test_beep_detector_reports_onset_and_end() -> None:
     assert detector.beeps == [ended]
 
 
+def test_a_tone_too_short_for_a_beep_is_reported_then_forgotten() -> None:
+    """A 90 ms pure stretch is reported when recognised but is not kept as a beep to drop after."""
+    rng = np.random.default_rng(12)
+    quiet = _silence_frames(0.2, rng, noise_dbfs=-45.0)
+    blip = np.round(tone(1000.0, 0.09) * 32767 * 0.1).astype(np.int16)
+    detector = BeepDetector()
+    events = [e for f in [*quiet, *pcm_frames(blip), *quiet] if (e := detector.feed(f)) is not None]
+    assert len(events) == 1 and events[0].end_ms is None
+    assert detector.beeps == []
+    assert detector.beep is None
+
+
+def test_noise_floor_falls_fast_and_rises_at_its_limit() -> None:
+    floor = NoiseFloor(rise_db_per_s=3.0, fall_ratio=0.5, minimum_dbfs=-70.0)
+    assert floor.update(-40.0, 20) == -40.0  # the first frame sets it
+    assert floor.update(-50.0, 20) == -45.0  # halfway down at once
+    assert floor.update(-10.0, 20) == pytest.approx(-44.94)  # speech: only 3 dB/s
+    for _ in range(50):
+        floor.update(-30.0, 20)  # a second of a noisier line
+    assert floor.level_dbfs == pytest.approx(-44.94 + 3.0)
+    for _ in range(10):
+        floor.update(-100.0, 20)
+    assert floor.level_dbfs == -70.0  # digital silence cannot drag it below its minimum
+
+
 def _upsample(pcm: np.ndarray) -> np.ndarray:
     t8 = np.arange(len(pcm))
     t16 = np.arange(2 * len(pcm)) / 2
@@ -301,6 +326,8 @@ def test_settings_are_frozen_and_checked() -> None:
         AmdSettings(voice_start_margin_db=3.0, voice_hold_margin_db=6.0)
     with pytest.raises(ValidationError, match="beep_max_hz must be below the Nyquist frequency 4000 Hz"):
         AmdSettings(beep_max_hz=4500.0)
+    with pytest.raises(ValidationError, match="beep_keep_min_ms must not be below beep_min_ms"):
+        AmdSettings(beep_min_ms=100, beep_keep_min_ms=80)
     with pytest.raises(ValidationError, match="extra"):
         AmdSettings(greting_ms=100)  # type: ignore[call-arg]
 
