@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -87,6 +88,7 @@ def run(samples: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "machine": platform.machine(),
+        "load_average_1m": round(os.getloadavg()[0], 2),  # other work on the host inflates the tails
     }
 
 

@@ -307,6 +307,13 @@ def test_works_at_16_khz() -> None:
             pcm_frames(_upsample(machine_greeting(seed, max_duration_s=5.0).pcm), 320), wideband
         )
         assert machine is not None and machine.kind is AnswerKind.MACHINE
+    with_beep = machine_greeting(3, greeting_s=3.0)
+    assert with_beep.beep_start_ms is not None
+    beeps = BeepDetector(wideband)
+    for frame in pcm_frames(_upsample(with_beep.pcm), 320):
+        beeps.feed(frame)
+    assert len(beeps.beeps) == 1
+    assert abs(beeps.beeps[0].start_ms - with_beep.beep_start_ms) <= 40
 
 
 @pytest.mark.parametrize("size", [0, 1, 319, 321, 640])
