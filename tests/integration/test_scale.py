@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -39,7 +42,7 @@ from dialer.compliance.hours import check_hours
 from dialer.compliance.numbers import classify
 from dialer.config import CampaignConfig, RedisSettings, load_campaign
 from dialer.daemon import redis_client
-from dialer.leads import AttemptRecord
+from dialer.leads import AttemptRecord, lead_id_for
 from dialer.leads_redis import CampaignCounts, RedisLeadStore
 from dialer.outcomes import AgentState, Outcome
 from tests.support.servers import RedisServer
@@ -186,6 +189,16 @@ class Cluster:
     def log(self, node: str) -> str:
         return (self.tmp / f"{node}.log").read_text(errors="replace")
 
+    def originations(self, node: str) -> int:
+        """The node's `dialer_originations_total` for the campaign, read from its /metrics."""
+        match = re.search(r'"api": "127\.0\.0\.1:(\d+)"', self.log(node))
+        assert match, self.log(node)[-2000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{match.group(1)}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        found = re.search(rf'^dialer_originations_total{{campaign="{CAMPAIGN}"}} (\S+)$', text, re.M)
+        assert found, text[:2000]
+        return int(float(found.group(1)))
+
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
@@ -278,9 +291,9 @@ class Audit:
 
 
 async def audit(store: RedisLeadStore, nums: list[str]) -> Audit:
-    from dialer.leads import lead_id_for
-
-    histories, attempts, states = {}, {}, {}
+    histories: dict[str, list[AttemptRecord]] = {}
+    attempts: dict[str, int] = {}
+    states: dict[str, str] = {}
     for number in nums:
         lead_id = lead_id_for(CAMPAIGN, number)
         info = await store.lead_info(CAMPAIGN, lead_id)
@@ -337,14 +350,17 @@ async def test_three_nodes_share_one_campaign(cluster: Cluster, store: RedisLead
         cluster.start(node, agents=AGENTS)
     await wait_finished(store, cluster, len(nums), timeout_s=40)
     a = await audit(store, nums)
+    per_node = {n: await asyncio.to_thread(cluster.originations, n) for n in ("n1", "n2", "n3")}
     cluster.stop_all()
     seen = check_rules_and_records(a)
     assert all(state == "done" for state in a.states.values())
+    # Every node dialled, and the nodes' own counts add up to the dialled attempts Redis recorded.
+    assert all(n > 0 for n in per_node.values()), per_node
+    assert sum(per_node.values()) == sum(1 for r in a.cdrs if r.dialled_at is not None), per_node
     assert seen["lease_expired"] == 0 and seen[str(Outcome.BLOCKED)] == 0, seen
     # The retry rules were exercised: some leads were busy twice, some congested three times.
     assert seen[str(Outcome.BUSY)] > len(nums) * 0.25 and seen[str(Outcome.CONGESTION)] > len(nums) * 0.15
     assert sum(len(h) for h in a.histories.values()) == len(a.cdrs)
-    # Every node took part (each logs its dials through the engine's metrics; the log says it started).
     for node in ("n1", "n2", "n3"):
         assert '"daemon_stopped"' in cluster.log(node)
 
@@ -380,7 +396,7 @@ async def test_killed_node_claims_are_redialled_by_the_others(cluster: Cluster,
 
 async def leased_leads(store: RedisLeadStore) -> list[tuple[str, str]]:
     """(lead id, node) of every lead leased right now."""
-    ids = await store.redis.zrange(f"dialer:{{{CAMPAIGN}}}:leases", 0, -1)
+    ids = cast(list[str], await store.redis.zrange(f"dialer:{{{CAMPAIGN}}}:leases", 0, -1))
     out = []
     for lead_id in ids:
         node = await store.redis.hget(f"dialer:{{{CAMPAIGN}}}:lead:{lead_id}", "node")
