@@ -26,7 +26,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from redis.exceptions import RedisError
 
 import dialer
-from dialer.agents import Agent
+from dialer.agents import Agent, AgentError
 from dialer.compliance.dnc import OptOutSource, registry_status
 from dialer.compliance.gate import Blocked, DialCandidate
 from dialer.compliance.numbers import NumberError, normalise
@@ -410,10 +410,10 @@ def _svc(request: web.Request) -> Services:
 
 
 def _agent(svc: Services, agent_id: str) -> Agent:
-    for agent in svc.agents:
-        if agent.agent_id == agent_id:
-            return agent
-    raise ApiError(404, "unknown-agent", f"unknown agent {agent_id!r}", {"agent_id": agent_id})
+    try:
+        return svc.agents.get(agent_id)
+    except AgentError:
+        raise ApiError(404, "unknown-agent", f"unknown agent {agent_id!r}", {"agent_id": agent_id}) from None
 
 
 def _runtime(svc: Services, name: str) -> CampaignRuntime:
@@ -562,7 +562,7 @@ def _transition(svc: Services, agent_id: str, new: AgentState, reason: str = "")
     agent = _agent(svc, agent_id)
     try:
         return svc.agents.transition(agent_id, new, reason=reason)
-    except DialerError as exc:
+    except AgentError as exc:
         raise ApiError(409, "illegal-state-change", str(exc),
                        {"agent_id": agent_id, "state": agent.state.value, "requested": new.value}) from None
 
@@ -589,7 +589,7 @@ async def login_agent(request: web.Request) -> web.Response:
     body = await read_json(request, AgentLogin)
     try:
         existing: Agent | None = svc.agents.get(agent_id)
-    except DialerError:
+    except AgentError:
         existing = None
     if existing is not None and existing.state is not AgentState.LOGGED_OUT:
         raise ApiError(409, "agent-logged-in", f"agent {agent_id!r} is already logged in ({existing.state})",
