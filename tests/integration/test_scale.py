@@ -587,3 +587,30 @@ def test_registry_refuses_a_bytes_client() -> None:
     with pytest.raises(AgentRegistryError, match="needs a client created with decode_responses=True"):
         AgentRegistry(client, AgentPool(time.time), node_id="n1")
 
+
+
+async def test_a_node_that_lost_a_session_stops_using_the_agent(agent_redis: aioredis.Redis) -> None:
+    # n1 stops heart-beating (a partition, a stalled loop): no run() loop, a short lease.
+    pool1 = AgentPool(time.time)
+    n1 = AgentRegistry(agent_redis, pool1, node_id="n1", lease_s=0.5)
+    await n1.login("c1", "sip:c1@127.0.0.1", "sales")
+    await asyncio.sleep(0.6)
+    pool2 = AgentPool(time.time)
+    n2 = AgentRegistry(agent_redis, pool2, node_id="n2", lease_s=5.0)
+    taken = await n2.command("c1", "pause", reason="lunch")  # lease expired: n2 takes the session
+    assert (taken.owner, taken.state) == ("n2", AgentState.PAUSED)
+    # n1 wakes up and its engine reserves the agent for a call: the mirror write is refused, and the
+    # next renewal tells n1 the session is gone.
+    pool1.transition("c1", AgentState.RESERVED, call_id="call-1")
+    assert await n1.renew() == ["c1"]
+    assert not n1.owns("c1")
+    rec = await n2.get("c1")
+    assert rec is not None and (rec.owner, rec.state, rec.pause_reason) == ("n2", AgentState.PAUSED, "lunch")
+    # The call n1 already placed finishes there; then n1 logs the agent out of its own pool.
+    pool1.transition("c1", AgentState.TALKING, call_id="call-1")
+    pool1.transition("c1", AgentState.WRAP_UP)
+    await asyncio.sleep(0)
+    assert pool1.get("c1").state is AgentState.LOGGED_OUT
+    rec = await n2.get("c1")
+    assert rec is not None and rec.state is AgentState.PAUSED
+    await n2.release_all()
