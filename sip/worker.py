@@ -246,6 +246,9 @@ class Worker:
         ep_cfg.medConfig.channelCount = 1
         ep_cfg.medConfig.ecTailLen = 0
         ep_cfg.medConfig.noVad = True
+        # The media endpoint shares the SIP ioqueue; a media worker thread would poll it too and run
+        # SIP and RTP events concurrently with our thread. With none, only libHandleEvents polls.
+        ep_cfg.medConfig.threadCnt = 0
         ep.libInit(ep_cfg)
         tcfg = pj.TransportConfig()
         tcfg.port = cfg.sip_port
