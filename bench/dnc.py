@@ -150,6 +150,7 @@ def business_hours() -> float:
 
 
 async def run(scale: Scale) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-dnc-") as tmp:
         directory = Path(tmp)
         started = time.perf_counter()
@@ -223,6 +224,8 @@ async def run(scale: Scale) -> dict[str, Any]:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "redis": server_version(),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        # Other processes on the machine skew every timing: record how busy it was.
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -253,7 +256,8 @@ def markdown(r: dict[str, Any]) -> str:
     flag = "" if r["scale"] == "default" else f" --{r['scale']}"
     lines = [
         f"DNC registry benchmark (`python -m bench.dnc{flag}`, "
-        f"{r['machine']}, Python {r['python']}, Redis {r['redis']}):",
+        f"{r['machine']}, Python {r['python']}, Redis {r['redis']}, 1-minute load average "
+        f"{r['load_average_1m'][0]} at start, {r['load_average_1m'][1]} at end):",
         "",
         "| metric | result | target |",
         "|---|---|---|",

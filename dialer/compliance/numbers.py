@@ -51,7 +51,8 @@ CA_PROVINCES: Final = {
 _NANP = re.compile(r"^\+1[2-9]\d{2}[2-9]\d{6}$")
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _SUBDIVISION_SUFFIX = re.compile(r", ([A-Z]{2})$")
-_CACHE_LIMIT: Final = 250_000
+_CACHE_LIMIT: Final = 1_000_000
+"""Exchanges remembered (the NANP has ~700,000 in use): ~100 bytes each, as classifications are shared."""
 
 
 class NumberInfo(NamedTuple):
@@ -83,6 +84,8 @@ class _Exchange:
 
 
 _exchanges: dict[str, _Exchange | None] = {}
+_shared: dict[_Exchange, _Exchange] = {}
+"""Interned classifications: thousands of exchanges share one (region, state, zones)."""
 
 
 def _subdivision(region: str, description: str) -> str | None:
@@ -120,7 +123,8 @@ def _classify_exchange(number: str) -> _Exchange | None:
         return None
     region = phonenumbers.region_code_for_number(parsed) or ""
     desc = geocoder.description_for_number(parsed, "en")
-    return _Exchange(region, _subdivision(region, desc), _zones(parsed))
+    ex = _Exchange(region, _subdivision(region, desc), _zones(parsed))
+    return _shared.setdefault(ex, ex)
 
 
 def classify(number: str) -> NumberInfo:

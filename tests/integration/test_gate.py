@@ -20,6 +20,7 @@ from dialer.compliance.gate import (
     Clearance,
     ComplianceGate,
     DialCandidate,
+    Gate,
     Verdict,
 )
 from dialer.config import CampaignConfig
@@ -51,7 +52,10 @@ async def load(client: aioredis.Redis, tmp_path: Path, registry: str = "us-natio
 
 def gate_for(client: aioredis.Redis, *campaigns: CampaignConfig, **kw: object) -> ComplianceGate:
     cs = campaigns or (campaign(),)
-    return ComplianceGate(client, {c.name: c for c in cs}, **kw)  # type: ignore[arg-type]
+    gate = ComplianceGate(client, {c.name: c for c in cs}, **kw)  # type: ignore[arg-type]
+    protocol: Gate = gate  # the engine codes against the protocol: mypy checks the fit
+    assert protocol is gate
+    return gate
 
 
 def reason(v: Verdict) -> BlockReason | None:
