@@ -26,14 +26,20 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from redis.exceptions import RedisError
 
 import dialer
-from dialer.agents import Agent, AgentError
+from dialer.agent_registry import (
+    AgentCommandError,
+    AgentNotFoundError,
+    AgentRecord,
+    OwnerUnavailableError,
+)
+from dialer.agents import TRANSITIONS, Agent, AgentError
 from dialer.compliance.dnc import OptOutSource, registry_status
 from dialer.compliance.gate import Blocked, DialCandidate
 from dialer.compliance.numbers import NumberError, normalise
 from dialer.compliance.rules import registries_for
 from dialer.config import CampaignConfig
 from dialer.daemon import Services
-from dialer.engine import CampaignRuntime
+from dialer.engine import AgentCallInfo, CampaignRuntime
 from dialer.errors import DialerError, LeadError
 from dialer.logging import mask_number
 from dialer.outcomes import AgentState
@@ -195,6 +201,8 @@ class AgentOut(BaseModel):
     pause_reason: str
     call_id: str | None
     calls_handled: int
+    owner: str | None = Field(description="node holding the agent's session; None: ownerless or node-local")
+    registered: bool = Field(description="shared through the cluster-wide agent registry")
 
 
 class AgentListOut(BaseModel):
@@ -439,13 +447,14 @@ def _number(text: str, region: str) -> str:
         raise ApiError(400, "invalid-number", str(exc), {"number": mask_number(text)}) from None
 
 
-def agent_out(svc: Services, agent: Agent) -> AgentOut:
-    """The API view of an agent."""
+def agent_out(svc: Services, agent: Agent, *, owner: str | None = None, registered: bool = False) -> AgentOut:
+    """The API view of an agent of this node's pool."""
     now = time.time()
     return AgentOut(agent_id=agent.agent_id, uri=agent.uri, pool=agent.pool, skills=sorted(agent.skills),
                     priority=agent.priority, state=agent.state, state_since=agent.state_since,
                     seconds_in_state=max(0.0, now - agent.state_since), pause_reason=agent.pause_reason,
-                    call_id=agent.call_id, calls_handled=agent.calls_handled)
+                    call_id=agent.call_id, calls_handled=agent.calls_handled, owner=owner,
+                    registered=registered)
 
 
 def campaign_out(svc: Services, state: ApiState, rt: CampaignRuntime) -> CampaignOut:
@@ -556,27 +565,106 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 # Agents ------------------------------------------------------------------------------------------
+#
+# Agents logged in through the API are registered in the cluster-wide agent registry when the daemon
+# runs one (`svc.agent_registry`): their session lives on one node, and a command sent to any node is
+# applied by the owner. Agents put straight into this node's pool (the simulator's) stay node-local.
+# Illegal moves are refused here with the state machine's own message before anything is sent, so
+# every node answers the same 409 whatever the registry would have made of the command.
 
 
-def _transition(svc: Services, agent_id: str, new: AgentState, reason: str = "") -> Agent:
-    agent = _agent(svc, agent_id)
-    try:
-        return svc.agents.transition(agent_id, new, reason=reason)
-    except AgentError as exc:
-        raise ApiError(409, "illegal-state-change", str(exc),
-                       {"agent_id": agent_id, "state": agent.state.value, "requested": new.value}) from None
+@dataclass(frozen=True)
+class _Seen:
+    """An agent's state as this node knows it, and where its session lives."""
+
+    state: AgentState
+    registered: bool  # in the agent registry (else only in this node's pool)
+    owner: str | None  # node holding the session; None when ownerless or node-local
+    here: bool  # a command is applied on this node (owned here, ownerless, or node-local)
+
+
+async def _locate(svc: Services, agent_id: str) -> _Seen:
+    reg = svc.agent_registry
+    if reg is not None:
+        rec = await reg.get(agent_id)
+        if rec is not None:
+            if reg.owns(agent_id):
+                return _Seen(svc.agents.get(agent_id).state, True, reg.node_id, True)
+            if rec.live:
+                return _Seen(rec.state, True, rec.owner, False)
+            # Ownerless, or its node died: this node takes the session over on the next command, and
+            # (see AgentRegistry._adopt) the calls died with the old node: only ready stays ready.
+            kept = rec.state in (AgentState.READY, AgentState.LOGGED_OUT)
+            adopted = rec.state if kept else AgentState.PAUSED
+            return _Seen(adopted, True, None, True)
+    return _Seen(_agent(svc, agent_id).state, False, None, True)
+
+
+def _check_move(agent_id: str, seen: _Seen, new: AgentState) -> None:
+    if new not in TRANSITIONS[seen.state]:
+        raise ApiError(409, "illegal-state-change",
+                       f"agent {agent_id!r} cannot go from {seen.state} to {new}",
+                       {"agent_id": agent_id, "state": seen.state.value, "requested": new.value})
+
+
+def record_out(svc: Services, rec: AgentRecord) -> AgentOut:
+    """The API view of a registered agent (this node's pool when it holds the session: it is fresher)."""
+    reg = svc.agent_registry
+    if reg is not None and reg.owns(rec.agent_id):
+        return agent_out(svc, svc.agents.get(rec.agent_id), owner=reg.node_id, registered=True)
+    return AgentOut(agent_id=rec.agent_id, uri=rec.uri, pool=rec.pool, skills=sorted(rec.skills),
+                    priority=rec.priority, state=rec.state, state_since=rec.state_since,
+                    seconds_in_state=max(0.0, time.time() - rec.state_since), pause_reason=rec.pause_reason,
+                    call_id=rec.call_id, calls_handled=rec.calls_handled, owner=rec.owner, registered=True)
+
+
+async def _command(svc: Services, agent_id: str, seen: _Seen, action: str, local: AgentState | None,
+                   **kw: Any) -> AgentOut:
+    """Apply `action` through the registry (registered agents) or to this node's pool (`local` state)."""
+    reg = svc.agent_registry
+    if reg is not None and seen.registered:
+        try:
+            return record_out(svc, await reg.command(agent_id, action, **kw))
+        except AgentNotFoundError as exc:
+            raise ApiError(404, "unknown-agent", str(exc), {"agent_id": agent_id}) from None
+        except AgentCommandError as exc:
+            raise ApiError(400, "invalid-agent-command", str(exc), {"agent_id": agent_id}) from None
+        except OwnerUnavailableError as exc:
+            raise ApiError(503, "agent-owner-unavailable", str(exc),
+                           {"agent_id": agent_id, "owner": seen.owner}) from None
+        except AgentError as exc:  # the state moved between our check and the owner's
+            raise ApiError(409, "illegal-state-change", str(exc), {"agent_id": agent_id}) from None
+    if action == "wrap_up_done":
+        svc.engine.finish_wrap_up(agent_id, str(kw.get("disposition", "")))
+    elif local is not None:
+        try:
+            svc.agents.transition(agent_id, local, reason=str(kw.get("reason", "")))
+        except AgentError as exc:
+            raise ApiError(409, "illegal-state-change", str(exc), {"agent_id": agent_id}) from None
+    return agent_out(svc, svc.agents.get(agent_id))
 
 
 async def list_agents(request: web.Request) -> web.Response:
-    """Every agent known to this node."""
+    """Every agent: the registry's (every node's) and this node's own."""
     svc = _svc(request)
-    return ok(AgentListOut(agents=[agent_out(svc, a) for a in sorted(svc.agents, key=lambda a: a.agent_id)]))
+    out: dict[str, AgentOut] = {}
+    if svc.agent_registry is not None:
+        for rec in await svc.agent_registry.agents():
+            out[rec.agent_id] = record_out(svc, rec)
+    for agent in svc.agents:
+        out.setdefault(agent.agent_id, agent_out(svc, agent))
+    return ok(AgentListOut(agents=[out[k] for k in sorted(out)]))
 
 
 async def get_agent(request: web.Request) -> web.Response:
     """One agent."""
     svc = _svc(request)
-    return ok(agent_out(svc, _agent(svc, request.match_info["agent_id"])))
+    agent_id = request.match_info["agent_id"]
+    if svc.agent_registry is not None:
+        rec = await svc.agent_registry.get(agent_id)
+        if rec is not None:
+            return ok(record_out(svc, rec))
+    return ok(agent_out(svc, _agent(svc, agent_id)))
 
 
 async def login_agent(request: web.Request) -> web.Response:
@@ -588,30 +676,43 @@ async def login_agent(request: web.Request) -> web.Response:
                        f"invalid agent id {agent_id!r}: 1 to 64 letters, digits, '_', '.', '@', '-'")
     body = await read_json(request, AgentLogin)
     try:
-        existing: Agent | None = svc.agents.get(agent_id)
-    except AgentError:
-        existing = None
-    if existing is not None and existing.state is not AgentState.LOGGED_OUT:
-        raise ApiError(409, "agent-logged-in", f"agent {agent_id!r} is already logged in ({existing.state})",
-                       {"agent_id": agent_id, "state": existing.state.value})
-    svc.agents.add(agent_id, body.uri, body.pool, skills=body.skills, priority=body.priority)
-    if body.state == "ready":
-        agent = _transition(svc, agent_id, AgentState.READY)
+        seen: _Seen | None = await _locate(svc, agent_id)
+    except ApiError:
+        seen = None  # a new agent
+    if seen is not None and seen.state is not AgentState.LOGGED_OUT:
+        raise ApiError(409, "agent-logged-in", f"agent {agent_id!r} is already logged in ({seen.state})",
+                       {"agent_id": agent_id, "state": seen.state.value, "owner": seen.owner})
+    paused = body.state == "paused"
+    reason = (body.reason or "login") if paused else ""
+    reg = svc.agent_registry
+    if reg is not None and (seen is None or seen.registered):
+        try:
+            out = record_out(svc, await reg.login(agent_id, body.uri, body.pool, skills=body.skills,
+                                                  priority=body.priority, paused=paused, reason=reason))
+        except OwnerUnavailableError as exc:
+            raise ApiError(503, "agent-owner-unavailable", str(exc), {"agent_id": agent_id}) from None
     else:
-        agent = _transition(svc, agent_id, AgentState.PAUSED, body.reason or "login")
+        svc.agents.add(agent_id, body.uri, body.pool, skills=body.skills, priority=body.priority)
+        svc.agents.transition(agent_id, AgentState.PAUSED if paused else AgentState.READY, reason=reason)
+        out = agent_out(svc, svc.agents.get(agent_id))
     if body.pool not in {c.agent_pool for c in svc.campaigns.values()}:
         log.warning("agent_pool_without_campaign", agent=agent_id, pool=body.pool)
-    log.info("agent_logged_in", agent=agent_id, pool=body.pool, state=agent.state.value)
-    return ok(agent_out(svc, agent))
+    log.info("agent_logged_in", agent=agent_id, pool=body.pool, state=out.state.value, owner=out.owner)
+    return ok(out)
 
 
 async def ready_agent(request: web.Request) -> web.Response:
     """The agent is ready for calls (from paused, or ending wrap-up without a disposition)."""
     svc = _svc(request)
     agent_id = request.match_info["agent_id"]
-    agent = _transition(svc, agent_id, AgentState.READY)
+    seen = await _locate(svc, agent_id)
+    _check_move(agent_id, seen, AgentState.READY)
+    if seen.state is AgentState.WRAP_UP and not seen.registered:
+        out = await _command(svc, agent_id, seen, "wrap_up_done", None, disposition="")
+    else:
+        out = await _command(svc, agent_id, seen, "ready", AgentState.READY)
     log.info("agent_ready", agent=agent_id)
-    return ok(agent_out(svc, agent))
+    return ok(out)
 
 
 async def pause_agent(request: web.Request) -> web.Response:
@@ -619,15 +720,43 @@ async def pause_agent(request: web.Request) -> web.Response:
     svc = _svc(request)
     agent_id = request.match_info["agent_id"]
     body = await read_json(request, AgentPause)
-    agent = _agent(svc, agent_id)
-    if agent.state is AgentState.RESERVED:
+    seen = await _locate(svc, agent_id)
+    if seen.state is AgentState.RESERVED:
         # The call is being put through to them right now: pausing would strand it.
         raise ApiError(409, "illegal-state-change",
                        f"agent {agent_id!r} is being connected to a call: pause after it",
-                       {"agent_id": agent_id, "state": agent.state.value, "requested": "paused"})
-    agent = _transition(svc, agent_id, AgentState.PAUSED, body.reason)
+                       {"agent_id": agent_id, "state": seen.state.value, "requested": "paused"})
+    _check_move(agent_id, seen, AgentState.PAUSED)
+    out = await _command(svc, agent_id, seen, "pause", AgentState.PAUSED, reason=body.reason)
     log.info("agent_paused", agent=agent_id, reason=body.reason)
-    return ok(agent_out(svc, agent))
+    return ok(out)
+
+
+async def apply_disposition(svc: Services, agent_id: str,
+                            body: WrapUpDone) -> tuple[AgentCallInfo | None, bool]:
+    """Carry out what a disposition means for the agent's last call on this node; (call, dnc_added).
+
+    `dnc` puts the number on the internal list and `callback` schedules the lead, both before the
+    agent leaves wrap-up: if Redis refuses, the agent stays in wrap-up and the client can retry,
+    rather than an opt-out being lost.
+    """
+    call = svc.engine.agent_last_call(agent_id)
+    if body.disposition not in DNC_DISPOSITIONS and body.disposition != CALLBACK_DISPOSITION:
+        return call, False
+    if call is None:
+        raise ApiError(409, "no-call", f"agent {agent_id!r} has no call to apply {body.disposition!r} to",
+                       {"agent_id": agent_id})
+    if body.disposition in DNC_DISPOSITIONS:
+        added = await svc.dnc.add(call.number, source=OptOutSource.DISPOSITION, at=time.time())
+        log.info("dnc_opt_out", campaign=call.campaign, source="disposition", agent=agent_id,
+                 number=mask_number(call.number))
+        return call, added
+    assert body.callback_at is not None  # WrapUpDone requires it for this disposition
+    try:
+        await svc.leads.schedule_callback(call.campaign, call.lead_id, body.callback_at.timestamp())
+    except LeadError as exc:
+        raise ApiError(409, "no-lead", str(exc), {"campaign": call.campaign}) from None
+    return call, False
 
 
 async def wrap_up_agent(request: web.Request) -> web.Response:
@@ -635,44 +764,36 @@ async def wrap_up_agent(request: web.Request) -> web.Response:
     svc = _svc(request)
     agent_id = request.match_info["agent_id"]
     body = await read_json(request, WrapUpDone)
-    agent = _agent(svc, agent_id)
-    if agent.state is not AgentState.WRAP_UP:
+    seen = await _locate(svc, agent_id)
+    if seen.state is not AgentState.WRAP_UP:
         raise ApiError(409, "illegal-state-change",
-                       f"agent {agent_id!r} cannot end wrap-up: they are {agent.state}, "
+                       f"agent {agent_id!r} cannot end wrap-up: they are {seen.state}, "
                        f"not {AgentState.WRAP_UP}",
-                       {"agent_id": agent_id, "state": agent.state.value, "requested": "ready"})
-    call = svc.engine.agent_last_call(agent_id)
-    dnc_added = False
-    if body.disposition in DNC_DISPOSITIONS or body.disposition == CALLBACK_DISPOSITION:
-        if call is None:
-            raise ApiError(409, "no-call", f"agent {agent_id!r} has no call to apply {body.disposition!r} to",
-                           {"agent_id": agent_id})
-        # Both are written before the agent leaves wrap-up: if Redis refuses, the agent stays in
-        # wrap-up and the client can retry, rather than losing an opt-out.
-        if body.disposition in DNC_DISPOSITIONS:
-            dnc_added = await svc.dnc.add(call.number, source=OptOutSource.DISPOSITION, at=time.time())
-            log.info("dnc_opt_out", campaign=call.campaign, source="disposition", agent=agent_id,
-                     number=mask_number(call.number))
-        elif body.callback_at is not None:
-            try:
-                await svc.leads.schedule_callback(call.campaign, call.lead_id, body.callback_at.timestamp())
-            except LeadError as exc:
-                raise ApiError(409, "no-lead", str(exc), {"campaign": call.campaign}) from None
-    svc.engine.finish_wrap_up(agent_id, body.disposition)
+                       {"agent_id": agent_id, "state": seen.state.value, "requested": "ready"})
+    effects = body.disposition in DNC_DISPOSITIONS or body.disposition == CALLBACK_DISPOSITION
+    if effects and not seen.here:
+        # The call's number and lead are known only to the node that placed it.
+        raise ApiError(409, "agent-on-other-node",
+                       f"agent {agent_id!r} is held by node {seen.owner!r}: send the {body.disposition!r} "
+                       "disposition to that node's API, which knows the call",
+                       {"agent_id": agent_id, "owner": seen.owner})
+    call, dnc_added = await apply_disposition(svc, agent_id, body) if seen.here else (None, False)
+    out = await _command(svc, agent_id, seen, "wrap_up_done", None, disposition=body.disposition)
     log.info("agent_wrap_up_done", agent=agent_id, disposition=body.disposition,
              call_id=call.call_id if call else None)
-    return ok(WrapUpOut(agent=agent_out(svc, svc.agents.get(agent_id)), disposition=body.disposition,
-                        call_id=call.call_id if call else None, dnc_added=dnc_added,
-                        callback_at=body.callback_at))
+    return ok(WrapUpOut(agent=out, disposition=body.disposition, call_id=call.call_id if call else None,
+                        dnc_added=dnc_added, callback_at=body.callback_at))
 
 
 async def logout_agent(request: web.Request) -> web.Response:
     """Log the agent out (from ready, paused or wrap-up)."""
     svc = _svc(request)
     agent_id = request.match_info["agent_id"]
-    agent = _transition(svc, agent_id, AgentState.LOGGED_OUT)
+    seen = await _locate(svc, agent_id)
+    _check_move(agent_id, seen, AgentState.LOGGED_OUT)
+    out = await _command(svc, agent_id, seen, "logout", AgentState.LOGGED_OUT)
     log.info("agent_logged_out", agent=agent_id)
-    return ok(agent_out(svc, agent))
+    return ok(out)
 
 
 # Campaigns ---------------------------------------------------------------------------------------
@@ -854,15 +975,15 @@ def routes(svc: Services) -> list[Route]:
         Route("GET", "/agents", list_agents, "List agents", "agents", AgentListOut),
         Route("GET", "/agents/{agent_id}", get_agent, "Get an agent", "agents", AgentOut, errors=_AGENT),
         Route("POST", "/agents/{agent_id}/login", login_agent, "Log an agent in", "agents", AgentOut,
-              body=AgentLogin, errors=(400, 409, 413)),
+              body=AgentLogin, errors=(400, 409, 413, 503)),
         Route("POST", "/agents/{agent_id}/ready", ready_agent, "Make an agent ready", "agents", AgentOut,
-              errors=(*_AGENT, 409)),
+              errors=(*_AGENT, 409, 503)),
         Route("POST", "/agents/{agent_id}/pause", pause_agent, "Pause an agent with a reason", "agents",
-              AgentOut, body=AgentPause, errors=(*_AGENT, 400, 409, 413)),
+              AgentOut, body=AgentPause, errors=(*_AGENT, 400, 409, 413, 503)),
         Route("POST", "/agents/{agent_id}/wrap-up", wrap_up_agent, "End wrap-up with a disposition", "agents",
-              WrapUpOut, body=WrapUpDone, errors=(*_AGENT, 400, 409, 413)),
+              WrapUpOut, body=WrapUpDone, errors=(*_AGENT, 400, 409, 413, 503)),
         Route("POST", "/agents/{agent_id}/logout", logout_agent, "Log an agent out", "agents", AgentOut,
-              errors=(*_AGENT, 409)),
+              errors=(*_AGENT, 409, 503)),
         Route("GET", "/campaigns", list_campaigns, "List campaigns with live state", "campaigns",
               CampaignListOut),
         Route("GET", "/campaigns/{name}", get_campaign, "Get a campaign", "campaigns", CampaignOut,

@@ -18,8 +18,11 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from dialer.agent_registry import AgentRegistry
+from dialer.agents import AgentPool
 from dialer.compliance.dnc import RegistryLoader
 from dialer.daemon import Daemon
+from dialer.outcomes import AgentState
 
 pytestmark = pytest.mark.integration
 
@@ -241,7 +244,7 @@ async def test_agent_routes_state_machine_and_unknown_agent(node: Node) -> None:
     login = {"uri": "sip:alice@127.0.0.1:5070", "pool": "elsewhere", "skills": ["fr", "en"], "priority": 3,
              "state": "paused", "reason": "briefing"}
     alice = await node.call("POST", "/agents/alice/login", status=200, json=login)
-    assert alice["state"] == "paused" and alice["pause_reason"] == "briefing"
+    assert alice["state"] == "paused" and alice["pause_reason"] == "briefing" and alice["registered"]
     assert alice["skills"] == ["en", "fr"] and alice["priority"] == 3
     body = await node.call("POST", "/agents/alice/login", status=409, json=login)
     assert_error(body, "agent-logged-in", "already logged in (paused)")
@@ -283,6 +286,65 @@ async def test_agent_routes_state_machine_and_unknown_agent(node: Node) -> None:
     body = await node.call("POST", "/agents/alice/wrap-up", status=400,
                            json={"disposition": "sale", "callback_at": "2030-01-01T10:00:00"})
     assert_error(body, "invalid-request", "body.callback_at: Input should have timezone info")
+
+
+async def test_agents_of_other_nodes_are_routed_and_node_local_agents_served_here(node: Node) -> None:
+    svc = node.daemon.services
+    assert svc is not None and svc.agent_registry is not None
+    here = svc.agent_registry.node_id
+    mine = await node.call("POST", "/agents/dave/login", status=200, json={"uri": "sip:dave@127.0.0.1",
+                                                                         "pool": "api-pool"})
+    assert mine["registered"] is True and mine["owner"] == here
+
+    # Another node, sharing the Redis registry, holds zoe's session.
+    client = aioredis.Redis.from_url(node.redis_url, decode_responses=True)
+    other_pool = AgentPool(time.time)
+    other = AgentRegistry(client, other_pool, node_id="other-node", lease_s=5.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(other.run(stop))
+    try:
+        await other.login("zoe", "sip:zoe@127.0.0.1", "api-pool")
+        zoe = await node.call("GET", "/agents/zoe", status=200)
+        assert (zoe["owner"], zoe["state"], zoe["registered"]) == ("other-node", "ready", True)
+        listed = await node.call("GET", "/agents", status=200)
+        owners = [(a["agent_id"], a["owner"]) for a in listed["agents"]]
+        assert owners == [("dave", here), ("zoe", "other-node")]
+        # Commands reach the owner and come back as its answer; illegal ones are refused here alike.
+        paused = await node.call("POST", "/agents/zoe/pause", status=200, json={"reason": "coffee"})
+        assert (paused["state"], paused["pause_reason"]) == ("paused", "coffee")
+        assert paused["owner"] == "other-node"
+        assert other_pool.get("zoe").state is AgentState.PAUSED and not svc.agent_registry.owns("zoe")
+        body = await node.call("POST", "/agents/zoe/pause", status=409, json={"reason": "again"})
+        assert_error(body, "illegal-state-change", "cannot go from paused to paused")
+        # In wrap-up on the other node: an opt-out must be sent where the call's number is known.
+        for state in (AgentState.READY, AgentState.RESERVED, AgentState.TALKING, AgentState.WRAP_UP):
+            other_pool.transition("zoe", state, call_id="c-other")
+
+        async def mirrored() -> bool:
+            return bool((await node.call("GET", "/agents/zoe", status=200))["state"] == "wrap_up")
+
+        await wait_for(mirrored, 5, "zoe's wrap-up to be mirrored")
+        body = await node.call("POST", "/agents/zoe/wrap-up", status=409, json={"disposition": "dnc"})
+        assert_error(body, "agent-on-other-node", "held by node 'other-node'")
+        assert body["details"]["owner"] == "other-node"
+        done = await node.call("POST", "/agents/zoe/wrap-up", status=200, json={"disposition": "sale"})
+        assert done["agent"]["state"] == "ready" and done["call_id"] is None
+        out = await node.call("POST", "/agents/zoe/logout", status=200)
+        assert out["state"] == "logged_out"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+
+    # An agent put straight into this node's pool (as the simulator does) is served here only.
+    svc.agents.add("sim-local", "sip:sim@127.0.0.1", "elsewhere")
+    local = await node.call("POST", "/agents/sim-local/ready", status=200)
+    assert (local["state"], local["registered"], local["owner"]) == ("ready", False, None)
+    local = await node.call("POST", "/agents/sim-local/pause", status=200, json={"reason": "x"})
+    assert local["state"] == "paused"
+    assert (await node.call("POST", "/agents/sim-local/logout", status=200))["state"] == "logged_out"
+    body = await node.call("POST", "/agents/sim-local/logout", status=409)
+    assert_error(body, "illegal-state-change", "cannot go from logged_out to logged_out")
 
 
 # Campaigns ---------------------------------------------------------------------------------------
