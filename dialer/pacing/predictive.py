@@ -1,35 +1,36 @@
 """`predictive`: model-based pacing with a closed-loop abandon controller.
 
-Each tick the policy asks: if I dial n more numbers now, how likely is the n-th live answer to find
-no agent within the connect deadline? It dials the largest n for which that marginal abandon
-probability stays under a threshold α, and a controller moves α so that the campaign's measured
-abandon rate over its rolling window sits at the configured target.
+Each tick the policy asks: if I dial n more numbers now, how likely is the n-th one, should a person
+answer, to cost an abandon? It dials the largest n for which that marginal probability stays under
+a threshold α, and a controller moves α so that the campaign's abandon rate meets its target.
 
-The model, on a one-second grid of the next seconds (u = 0 .. ring timeout):
+The model, on a grid of the next seconds (u = 0 .. ring timeout):
 
 - Supply S(u): agents free by u + connect deadline. Ready agents count fully; each busy agent
   counts with its own conditional probability of being free by then, given how long it has already
-  been talking or wrapping up. That probability comes from the empirical talk-time and wrap-up
-  distributions learnt online from `new_handles` (exponential tail beyond the data).
-- Demand D(u): live answers by u. Calls already answered and waiting count fully; each ringing call
-  counts with its conditional probability of turning into a live answer by then, given how long it
-  has rung without an outcome; each new dial with the unconditional one. Both come from the
-  empirical (outcome, ring time) distribution learnt online from `new_attempts`.
-- Both are sums of independent Bernoullis; D(u) − S(u) is approximated by a normal, and the expected
-  number of abandons of the pool is max over u of E[(D(u) − S(u))⁺] (an abandoned call leaves, so
-  the worst instant of the horizon sets the count). It is convex in n, so a bisection finds the
-  largest n whose marginal expected abandons per expected live answer is ≤ α.
+  been talking or wrapping up. Those come from talk-time and wrap-up distributions learnt online
+  from `new_handles` (Kaplan-Meier, with the calls still in progress as censored observations so
+  that long calls are not forgotten, and an exponential tail beyond the data).
+- Demand D(u): live answers by u. Calls answered and waiting count fully; each ringing call counts
+  with its conditional probability of turning into a live answer by then, given how long it has
+  rung without an outcome; each new dial with the unconditional one. Both come from the (outcome,
+  ring time) distribution learnt online from `new_attempts`.
+- The n-th dial, answered at u, finds no agent when the other answers by u take every agent free
+  by then; served, it still costs an abandon if agents run short at any later instant of the
+  horizon (it took the agent a later answer needed). Answers are counted with a Poisson (the skew
+  of many small chances: bursts are what abandon), agents with a normal, and the error of the
+  learnt rates adds a common variance that keeps big batches on little data in check.
 
-The controller is a PI loop on log α, driven by the relative error between the effective target and
-the window's abandon rate, integrated per live answer (so it learns as fast as evidence arrives,
-whatever the team size), with anti-windup at α's bounds. The effective target is the configured
-target, lowered while the window holds few answers so that a short run of bad luck cannot take the
-window over the hard limit: target_eff = min(target, limit − z·sqrt(limit·(1 − limit) / answers)).
+The controller is a cascade. The outer loops set the goal: the target, lowered by a noise margin
+while the window holds few answers (limit − z·sqrt(limit·(1 − limit)/answers)), then corrected by
+the window's budget (abandons allowed at that rate minus abandons in it); and they measure the
+model's bias: real abandons over the abandons the model expected from its own dials. The inner
+loop moves log α each time the policy dials until the model's expected abandon rate of its dials
+equals goal / bias, so it acts on the model's immediate response instead of waiting for the window.
 
 Distributions forget old data with a half-life in seconds (never below a minimum effective sample),
-so a list whose answer rate or talk time drifts through the day is tracked.
-
-Until it has seen enough handles, attempts and live answers, the policy dials progressively.
+so a list whose answer rate or talk time drifts through the day is tracked. Until it has seen
+enough handles, attempts and live answers, the policy dials progressively.
 """
 
 from __future__ import annotations
@@ -53,8 +54,13 @@ MAX_WRAP_S = 1800
 MAX_RING_S = 180  # ring-time table length; ring timeouts are far shorter
 WRAP_QUANTILES = np.array([0.125, 0.375, 0.625, 0.875])
 TAIL_MIN_WEIGHT = 8.0  # the survival curve is empirical while this much weight lies beyond
-VARIANCE_FLOOR = 0.05  # keeps the normal approximation defined when everything is certain
-COARSE_STEPS = 24  # candidates per vectorised pass of the search for n
+VARIANCE_FLOOR = 0.05  # keeps the supply's normal defined when every agent's state is certain
+CENSOR_REFRESH_S = 10.0  # how often calls in progress are folded into the talk-time curve
+TABLE_REFRESH_S = 5.0  # the talk-time curve is rebuilt at most this often (it moves slowly)
+COARSE_STEPS = 8  # candidates per vectorised pass of the search for n
+GRID_STEP_S = 2  # time resolution of the horizon
+POISSON_MAX_MEAN = 25.0  # above this many expected answers a normal replaces the Poisson sum
+_LOG_FACT = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, 20001)))])  # log(k!) for k <= 20000
 _SQRT2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -63,22 +69,36 @@ class PredictiveParams(PolicyParams):
     """Knobs of the `predictive` policy. The defaults are the one configuration benchmarked."""
 
     alpha_initial: float = Field(
-        0.05, gt=0, lt=1, description="starting marginal abandon probability allowed for the last dial"
+        0.01, gt=0, lt=1, description="starting marginal abandon probability allowed for the last dial"
     )
-    alpha_min: float = Field(0.001, gt=0, lt=1, description="lower bound of the controller's α")
-    alpha_max: float = Field(0.6, gt=0, lt=1, description="upper bound of the controller's α")
-    gain_p: float = Field(0.5, ge=0, le=10, description="proportional gain on the relative rate error")
-    integral_answers: float = Field(
-        150.0, gt=0, description="live answers over which a persistent error moves log α by its size"
+    alpha_min: float = Field(1e-4, gt=0, lt=1, description="lower bound of the controller's α")
+    alpha_max: float = Field(0.5, gt=0, lt=1, description="upper bound of the controller's α")
+    inner_gain: float = Field(
+        1.0, gt=0, le=10, description="how hard α chases the rate goal (per `inner_lives` predicted lives)"
+    )
+    inner_lives: float = Field(
+        30.0, gt=0, description="predicted live answers over which the model's own rate is averaged"
+    )
+    bias_prior: float = Field(
+        2.0, gt=0, le=20, description="assumed ratio of real to predicted abandons before evidence"
+    )
+    bias_prior_abandons: float = Field(
+        4.0, gt=0, description="weight of that prior, in predicted abandons"
+    )
+    bias_lives: float = Field(
+        1500.0, gt=0, description="live answers over which real and predicted abandons are compared"
+    )
+    payback: float = Field(
+        1.0, ge=0, le=10, description="how fast a window over (under) its budget lowers (raises) the goal"
     )
     margin_z: float = Field(
         1.5, ge=0, le=5,
         description="std-devs of sampling noise kept under the limit while the window is young"
     )
     connect_deadline_s: float = Field(2.0, gt=0, le=10, description="live answer to agent, else abandon")
-    min_handles: int = Field(20, ge=1, description="completed calls seen before leaving progressive")
-    min_attempts: int = Field(60, ge=1, description="resolved dial attempts seen before leaving progressive")
-    min_live_answers: int = Field(10, ge=1, description="live answers seen before leaving progressive")
+    min_handles: int = Field(30, ge=1, description="completed calls seen before leaving progressive")
+    min_attempts: int = Field(100, ge=1, description="resolved dial attempts seen before leaving progressive")
+    min_live_answers: int = Field(30, ge=1, description="live answers seen before leaving progressive")
     half_life_s: float = Field(
         1800.0, gt=0, description="seconds after which an observation weighs half (tracks a drifting list)"
     )
@@ -103,36 +123,45 @@ def _normal_cdf(x: FloatArray) -> FloatArray:
     return np.where(x >= 0, 1.0 - 0.5 * erfc, 0.5 * erfc)
 
 
-def _expected_excess(mean: FloatArray, var: FloatArray) -> FloatArray:
-    """E[max(0, X)] for X ~ N(mean, var)."""
-    sd = np.sqrt(var)
-    z = mean / sd
-    pdf = _INV_SQRT_2PI * np.exp(-0.5 * z * z)
-    return sd * pdf + mean * _normal_cdf(z)
+_PHI_LO, _PHI_STEPS = -9.0, 128  # table of Φ from -9 to 9 in steps of 1/128
+_PHI_TABLE = _normal_cdf(np.arange(-9.0, 9.0 + 1.0 / _PHI_STEPS, 1.0 / _PHI_STEPS))
 
 
-def _survival(weights: FloatArray) -> FloatArray:
-    """P(X > x) on the integer grid of `weights` (a histogram by whole seconds), exponential tail.
+def _phi(z: FloatArray) -> FloatArray:
+    """Φ(z) by table lookup: ~1 % relative error at 3σ, several times faster than computing it."""
+    index = ((z - _PHI_LO) * _PHI_STEPS + 0.5).astype(np.int64)
+    np.clip(index, 0, len(_PHI_TABLE) - 1, out=index)
+    result: FloatArray = _PHI_TABLE[index]
+    return result
 
-    Where fewer than TAIL_MIN_WEIGHT observations lie beyond x, the empirical curve is too noisy to
-    condition on; it is continued as an exponential with the mean residual life measured there.
+
+def _survival(events: FloatArray, censored: FloatArray | None = None) -> FloatArray:
+    """P(X > x) on the whole-second grid: Kaplan-Meier with an exponential tail.
+
+    `events` is the (weighted) histogram of completed durations; `censored` that of durations still
+    running (calls in progress, whose length is only known to exceed their elapsed time). Ignoring
+    them would bias the curve towards short calls, most of all early in a shift, when the long calls
+    have not ended yet. Where fewer than TAIL_MIN_WEIGHT observations remain at risk, the curve is
+    continued with the constant hazard measured beyond that point (events / time at risk).
     """
-    total = float(weights.sum())
-    n = len(weights)
-    if total <= 0:
+    n = len(events)
+    if events.sum() <= 0:
         return np.ones(n)
-    beyond = total - np.cumsum(weights)  # weight strictly above each bin
-    surv = beyond / total
-    thin = np.nonzero(beyond < TAIL_MIN_WEIGHT)[0]
+    exposure = events if censored is None else events + censored
+    at_risk = np.cumsum(exposure[::-1])[::-1]  # observations lasting at least x
+    hazard = np.divide(events, at_risk, out=np.zeros(n), where=at_risk > 0)
+    surv: FloatArray = np.cumprod(1.0 - np.minimum(hazard, 1.0)).astype(np.float64)
+    thin = np.nonzero(at_risk < TAIL_MIN_WEIGHT)[0]
     if len(thin) == 0:
         return surv
-    x0 = int(thin[0])
-    above = weights[x0 + 1 :]
-    if beyond[x0] <= 0 or above.sum() <= 0:
-        surv[x0:] = 0.0
-        return surv
-    residual = float((above * np.arange(1, len(above) + 1)).sum() / above.sum())
-    surv[x0:] = surv[x0] * np.exp(-np.arange(n - x0) / max(residual, 0.5))
+    x0 = max(int(thin[0]) - 1, 0)
+    tail_events = float(events[x0 + 1 :].sum())
+    tail_time = float(at_risk[x0 + 1 :].sum())
+    if tail_events > 0 and tail_time > 0:
+        rate = tail_events / tail_time
+    else:  # nothing ended out there yet: fall back on the overall hazard
+        rate = float(events.sum()) / max(float(at_risk.sum()), 1.0)
+    surv[x0:] = surv[x0] * np.exp(-rate * np.arange(n - x0))
     return surv
 
 
@@ -168,6 +197,97 @@ def _forgetting(factor: float, mass: float, min_mass: float) -> float:
     return max(factor, min_mass / mass)
 
 
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    """The next seconds of one campaign: agents that will be free, live answers that will need them.
+
+    On the grid u (seconds from now): `supply_mean`/`supply_sd` describe the agents free by u plus
+    the connect deadline (a normal: ready agents are certain, busy ones independent Bernoullis);
+    live answers by u are `waiting` (certain) plus a Poisson count with mean `ringing_mean` + n·q
+    for n new dials. The Poisson keeps the right skew of a sum of many small chances: a normal
+    would understate how often a burst of answers arrives, which is exactly when calls abandon.
+    """
+
+    supply_mean: FloatArray
+    supply_var: FloatArray
+    waiting: float
+    ringing_mean: FloatArray
+    q: FloatArray
+    rate_rel_var: float  # relative variance of the estimated live-answer chances (1 / live answers seen)
+    dq: FloatArray  # chance that a new dial is answered live within each step of the grid
+    p_live: float
+
+    def marginal_abandon(self, ns: FloatArray) -> FloatArray:
+        """P(the n-th new dial, if answered live, adds an abandon) for each n in `ns`.
+
+        Answered at u, it finds no agent if the other live answers by u (waiting ones, ringing
+        ones, the n − 1 other new dials) have already taken every agent free by then (abandons
+        leaving the queue would only help it: this errs on the safe side).
+        """
+        lam = self.ringing_mean[None, :] + (ns[:, None] - 1.0) * self.q[None, :]  # (n, u)
+        # The live-answer chances are estimates: their error moves every call the same way, so it
+        # adds (λ·error)² of variance, not λ·error. It matters most for a big batch on little data.
+        var = self.supply_var[None, :] + self.rate_rel_var * lam * lam  # (n, u)
+        gap = self.waiting + 0.5 - self.supply_mean  # answers ahead minus agents, before ringing ones
+        # Many answers: the Poisson is close enough to a normal.
+        short = _phi((lam + gap[None, :]) / np.sqrt(lam + var))
+        small = lam < POISSON_MAX_MEAN
+        cols = np.nonzero(small.any(axis=0))[0]
+        if len(cols):
+            # Few answers: sum over the Poisson's values, where it has mass and agents could run out.
+            lam_c, sd_c, gap_c = lam[:, cols], np.sqrt(var[:, cols]), gap[cols]
+            top = min(float(lam_c.max()), POISSON_MAX_MEAN)
+            hi = int(top + 6.0 * math.sqrt(top) + 6.0)
+            lo = max(0, int(float(-gap_c.max() - 6.0 * sd_c.max())) - 1)
+            hi = min(max(hi, lo + 1), len(_LOG_FACT) - 1)
+            d = np.arange(lo, hi + 1, dtype=np.int64)
+            log_lam = np.log(np.maximum(lam_c, 1e-300))
+            pmf = np.exp(d * log_lam[:, :, None] - lam_c[:, :, None] - _LOG_FACT[d])
+            # P(agents free by then <= answers ahead of it), continuity-corrected.
+            z = (d + gap_c[:, None])[None, :, :] / sd_c[:, :, None]
+            poisson = (pmf * _phi(z)).sum(axis=2)
+            short[:, cols] = np.where(small[:, cols], poisson, short[:, cols])
+        # Served at u, the dial still costs an abandon if agents run short at any later v: the
+        # agent it took was the one a call answering at v needed (first come, first served).
+        short = np.maximum.accumulate(short[:, ::-1], axis=1)[:, ::-1]
+        result: FloatArray = (short * self.dq[None, :]).sum(axis=1) / self.p_live
+        return result
+
+    def largest_affordable(self, alpha: float, upper: int) -> tuple[int, float]:
+        """Largest n <= upper whose n-th dial's abandon probability (if live) is within `alpha`.
+
+        Returns n and the expected abandons among those n dials per live answer (the marginals
+        interpolated between the ones the search evaluated). The marginal grows with n, so a
+        coarse vectorised pass over [1, upper] brackets the answer and finer passes pin it.
+        """
+        first = float(self.marginal_abandon(np.array([1.0]))[0])
+        # Most ticks of a busy campaign cannot afford even one dial: settled with one candidate.
+        if upper <= 0 or first > alpha:
+            return 0, 0.0
+        seen: dict[int, float] = {1: first}
+        lo, hi = 1, upper  # invariant: lo is affordable; the answer is in [lo, hi]
+        while hi > lo:
+            step = max(1, (hi - lo) // COARSE_STEPS)
+            ns = np.arange(lo + 1, hi + 1, step, dtype=np.int64)
+            values = self.marginal_abandon(ns.astype(np.float64))
+            seen.update(zip(ns.tolist(), values.tolist(), strict=True))
+            ok = values <= alpha
+            if ok.all():
+                lo = int(ns[-1])
+                if step == 1 or lo == hi:
+                    break
+            else:
+                first_bad = int(np.argmin(ok))
+                if first_bad > 0:
+                    lo = int(ns[first_bad - 1])
+                hi = int(ns[first_bad]) - 1
+                if step == 1:
+                    break
+        known = sorted(k for k in seen if k <= lo)
+        marginals = np.interp(np.arange(1, lo + 1), known, [seen[k] for k in known])
+        return lo, float(marginals.mean())
+
+
 @dataclass
 class PredictivePolicy(PacingPolicy):
     """Model-based pacing: elapsed-time-aware supply and demand, closed-loop on the abandon rate."""
@@ -176,9 +296,14 @@ class PredictivePolicy(PacingPolicy):
     Params: ClassVar[type[PolicyParams]] = PredictiveParams
 
     log_alpha: float = 0.0
-    _integral: float = 0.0
+    goal: float = 0.0  # abandon rate the dials aim at now (real, not predicted)
+    bias: float = 1.0  # real / predicted abandons, measured
     _last_now: float | None = None
-    _last_window_answers: int | None = None
+    _last_window: tuple[int, int] | None = None
+    _pred_abandons_fast: float = 0.0  # model's expected abandons of recent dials (decayed)
+    _pred_lives_fast: float = 0.0
+    _pred_abandons_slow: float = 0.0  # same, decayed per real live answer, for the bias
+    _real_abandons_slow: float = 0.0
     _handles_seen: int = 0
     _attempts_seen: int = 0
     _lives_seen: int = 0
@@ -186,6 +311,10 @@ class PredictivePolicy(PacingPolicy):
     _wrap: _Decayed = field(default_factory=lambda: _Decayed(MAX_WRAP_S + 1))
     _ring_all: _Decayed = field(default_factory=lambda: _Decayed(MAX_RING_S + 1))
     _ring_live: _Decayed = field(default_factory=lambda: _Decayed(MAX_RING_S + 1))
+    _in_progress: FloatArray = field(default_factory=lambda: np.zeros(MAX_HANDLE_S + 1))
+    _censored_at: float = -math.inf
+    _talk_built_at: float = -math.inf
+    _wrap_built_at: float = -math.inf
     # Derived tables, rebuilt when the histograms change.
     _talk_surv: FloatArray = field(default_factory=lambda: np.ones(MAX_HANDLE_S + 1))
     _wrap_surv: FloatArray = field(default_factory=lambda: np.ones(MAX_WRAP_S + 1))
@@ -243,37 +372,64 @@ class PredictivePolicy(PacingPolicy):
             if attempt.outcome.is_live:
                 self._ring_live.add(attempt.ring_s)
                 self._lives_seen += 1
+        if snap.now - self._censored_at >= CENSOR_REFRESH_S:
+            self._censored_at = snap.now
+            talking = [int(a.handle_elapsed_s) for a in snap.agents if a.state is AgentState.TALKING]
+            in_progress = np.bincount(np.clip(np.array(talking, dtype=np.int64), 0, MAX_HANDLE_S),
+                                      minlength=MAX_HANDLE_S + 1)
+            self._in_progress = in_progress.astype(np.float64)
+            self._talk.changed = True
         self._control(snap)
 
     def _control(self, snap: PacingSnapshot) -> None:
-        """PI step on log α from the window's abandon rate."""
+        """Outer loops: the rate goal from the window's budget, the model's bias from the evidence."""
         p = self._p
-        answers = snap.window_live_answers
-        new_answers = 0 if self._last_window_answers is None else max(0, answers - self._last_window_answers)
-        self._last_window_answers = answers
-        limit = snap.abandon_limit
+        answers, abandons = snap.window_live_answers, snap.window_abandons
+        if self._last_window is None:
+            new_answers = new_abandons = 0
+        else:
+            new_answers = max(0, answers - self._last_window[0])
+            new_abandons = max(0, abandons - self._last_window[1])
+        self._last_window = (answers, abandons)
+        # Bias: real abandons against the abandons the model expected from its own dials.
+        if new_answers:
+            keep = math.exp(-new_answers / p.bias_lives)
+            self._pred_abandons_slow *= keep
+            self._real_abandons_slow *= keep
+        self._real_abandons_slow += new_abandons
+        prior = p.bias_prior_abandons
+        self.bias = (self._real_abandons_slow + p.bias_prior * prior) / (self._pred_abandons_slow + prior)
+        # Goal: the target, less a noise margin while the window holds few answers, then corrected by
+        # the window's budget (abandons allowed at that rate minus abandons already in it).
+        limit, target = snap.abandon_limit, snap.abandon_target
         noise = math.sqrt(limit * (1.0 - limit) / max(answers, 1))
-        target = min(snap.abandon_target, limit - p.margin_z * noise)
-        error = (target - snap.window_abandon_rate) / snap.abandon_target
-        error = max(-5.0, min(5.0, error))
-        lo, hi = math.log(p.alpha_min), math.log(p.alpha_max)
-        base = math.log(p.alpha_initial)
-        self._integral += error * new_answers / p.integral_answers
-        log_alpha = base + p.gain_p * error + self._integral
-        # Anti-windup: at a bound, the integral stops where it puts α exactly on that bound.
-        if log_alpha > hi:
-            self._integral -= log_alpha - hi
-            log_alpha = hi
-        elif log_alpha < lo:
-            self._integral += lo - log_alpha
-            log_alpha = lo
-        self.log_alpha = log_alpha
+        rate = max(0.2 * target, min(target, limit - p.margin_z * noise))
+        allowed = rate * answers
+        balance = (allowed - abandons) / max(allowed, 3.0)
+        self.goal = rate * min(1.5, max(0.1, 1.0 + p.payback * balance))
 
-    def _refresh_tables(self) -> None:
-        if self._talk.changed:
-            self._talk_surv = _survival(self._talk.weights)
+    def _steer(self, n: int, predicted_abandons: float, predicted_lives: float) -> None:
+        """Inner loop: move α until the model's expected abandon rate of the dials meets the goal."""
+        p = self._p
+        self._pred_abandons_slow += predicted_abandons
+        if predicted_lives <= 0:
+            return
+        keep = math.exp(-predicted_lives / p.inner_lives)
+        self._pred_abandons_fast = self._pred_abandons_fast * keep + predicted_abandons
+        self._pred_lives_fast = self._pred_lives_fast * keep + predicted_lives
+        predicted_rate = self._pred_abandons_fast / self._pred_lives_fast
+        wanted = self.goal / self.bias
+        error = max(-2.0, min(2.0, (wanted - predicted_rate) / wanted))
+        step = p.inner_gain * error * min(1.0, predicted_lives / p.inner_lives)
+        self.log_alpha = max(math.log(p.alpha_min), min(math.log(p.alpha_max), self.log_alpha + step))
+
+    def _refresh_tables(self, now: float) -> None:
+        if self._talk.changed and now - self._talk_built_at >= TABLE_REFRESH_S:
+            self._talk_surv = _survival(self._talk.weights, self._in_progress)
             self._talk.changed = False
-        if self._wrap.changed:
+            self._talk_built_at = now
+        if self._wrap.changed and now - self._wrap_built_at >= TABLE_REFRESH_S:
+            self._wrap_built_at = now
             self._wrap_surv = _survival(self._wrap.weights)
             cdf = np.cumsum(self._wrap.weights)
             total = cdf[-1] if cdf[-1] > 0 else 1.0
@@ -292,65 +448,28 @@ class PredictivePolicy(PacingPolicy):
         self.observe(snap)
         if not self.warmed_up:
             return progressive_count(snap)
-        self._refresh_tables()
+        self._refresh_tables(snap.now)
         free_lines = snap.max_lines - snap.in_flight
         if free_lines <= 0:
             return 0
         horizon = int(min(snap.ring_timeout_s, MAX_RING_S - 1))
-        u = np.arange(horizon + 1)
+        u = np.arange(0, horizon + 1, GRID_STEP_S, dtype=np.int64)
         supply_mean, supply_var = self._supply(snap, u.astype(np.float64) + self._p.connect_deadline_s)
-        demand_mean, demand_var = self._demand(snap, u)
+        ringing_mean = self._demand(snap, u)
         q = self._live_cum[u]  # a new dial: live answer by u
-        base_mean = demand_mean - supply_mean
-        base_var = demand_var + supply_var + VARIANCE_FLOOR
-        q_var = q * (1.0 - q)
-        p_live = float(q[-1])
+        p_live = float(self._live_cum[horizon])
         if p_live <= 0:
             return progressive_count(snap)
-        budget = self.alpha * p_live
+        pool = _Pool(supply_mean, supply_var + VARIANCE_FLOOR, float(snap.waiting), ringing_mean, q,
+                     1.0 / max(self._ring_live.mass, 1.0), np.diff(q, prepend=0.0), float(q[-1]))
         # Beyond this many dials the expected live answers exceed every agent who could possibly be
         # free with a wide margin: the marginal abandon probability is ~1 there.
-        reach = supply_mean[-1] + 4.0 * math.sqrt(float(supply_var[-1])) + 4.0 - demand_mean[-1]
+        reach = supply_mean[-1] + 4.0 * math.sqrt(float(supply_var[-1])) + 4.0
         upper = min(free_lines, max(1, math.ceil(2.0 * reach / p_live)))
-        return self._largest_affordable(base_mean, base_var, q, q_var, budget, upper)
-
-    @staticmethod
-    def _largest_affordable(
-        base_mean: FloatArray, base_var: FloatArray, q: FloatArray, q_var: FloatArray, budget: float,
-        upper: int,
-    ) -> int:
-        """Largest n <= upper whose marginal expected abandons (n-th dial) are within `budget`.
-
-        The expected abandons are convex in n, so the marginals increase: a coarse vectorised pass
-        over [0, upper] brackets the answer and a fine pass inside the bracket pins it.
-        """
-
-        def marginals(ns: IntArray) -> FloatArray:
-            both = np.concatenate([ns - 1, ns]).astype(np.float64)[:, None]
-            excess = _expected_excess(base_mean + both * q, base_var + both * q_var).max(axis=1)
-            half = len(ns)
-            result: FloatArray = excess[half:] - excess[:half]
-            return result
-
-        lo, hi = 0, upper  # invariant: n = lo is affordable (0 always is); answer in [lo, hi]
-        while hi - lo > 1:
-            step = max(1, (hi - lo) // COARSE_STEPS)
-            ns = np.arange(lo + 1, hi + 1, step, dtype=np.int64)
-            ok = marginals(ns) <= budget
-            if ok.all():
-                if ns[-1] == hi:
-                    return hi
-                lo = int(ns[-1])
-            else:
-                first_bad = int(np.argmin(ok))
-                if first_bad > 0:
-                    lo = int(ns[first_bad - 1])
-                hi = int(ns[first_bad]) - 1
-            if step == 1:
-                break
-        if hi > lo and marginals(np.array([hi], dtype=np.int64))[0] <= budget:
-            return hi
-        return lo
+        n, mean_marginal = pool.largest_affordable(self.alpha, upper)
+        if n > 0:
+            self._steer(n, n * p_live * mean_marginal, n * p_live)
+        return n
 
     def _supply(self, snap: PacingSnapshot, at_s: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Mean and variance of the agents free by each time in `at_s` (seconds from now)."""
@@ -372,8 +491,10 @@ class PredictivePolicy(PacingPolicy):
         offsets = np.floor(at_s).astype(np.int64)
         if talking:
             p_free = self._talk_free(np.array(talking), offsets)
-            mean += p_free.sum(axis=0)
-            var += (p_free * (1.0 - p_free)).sum(axis=0)
+            freeing = p_free.sum(axis=0)
+            mean += freeing
+            # Plus the common error of the learnt talk-time curve (relative variance ~ 1 / handles).
+            var += (p_free * (1.0 - p_free)).sum(axis=0) + freeing * freeing / max(self._talk.mass, 1.0)
         if wrapping:
             p_free = self._conditional_done(self._wrap_surv, np.array(wrapping), offsets)
             mean += p_free.sum(axis=0)
@@ -402,10 +523,6 @@ class PredictivePolicy(PacingPolicy):
             ends = np.minimum(e[:, None] + np.maximum(talk_left, 0)[None, :], last)
             done = np.where(valid[None, :], 1.0 - surv[ends] * inv, 0.0)
             result += done * (count / len(self._wrap_q))
-        # An agent past every observed talk time is overdue: count it as free once wrap-up allows.
-        overdue = ~live[:, 0]
-        if overdue.any():
-            result[overdue] = np.mean(offsets[None, :] > self._wrap_q[:, None], axis=0)
         return result
 
     @staticmethod
@@ -421,10 +538,9 @@ class PredictivePolicy(PacingPolicy):
         result: FloatArray = np.clip(1.0 - ratio, 0.0, 1.0)
         return result
 
-    def _demand(self, snap: PacingSnapshot, u: IntArray) -> tuple[FloatArray, FloatArray]:
-        """Mean and variance of the live answers (already waiting or from ringing calls) by each u."""
-        mean = np.full(len(u), float(snap.waiting))
-        var = np.zeros(len(u))
+    def _demand(self, snap: PacingSnapshot, u: IntArray) -> FloatArray:
+        """Expected live answers by each u from the calls now ringing (their conditional chances)."""
+        mean = np.zeros(len(u))
         if snap.ringing:
             last = len(self._live_cum) - 1
             r = np.minimum(np.array([c.elapsed_s for c in snap.ringing]).astype(np.int64), last)
@@ -433,5 +549,4 @@ class PredictivePolicy(PacingPolicy):
             p_live = np.divide(gained, unresolved, out=np.zeros_like(gained), where=unresolved > 1e-9)
             np.clip(p_live, 0.0, 1.0, out=p_live)
             mean += p_live.sum(axis=0)
-            var += (p_live * (1.0 - p_live)).sum(axis=0)
-        return mean, var
+        return mean
