@@ -9,6 +9,7 @@ import phonenumbers
 import pytest
 
 from dialer.compliance.dnc import (
+    DncKeys,
     _BitmapBuilder,
     _header,
     bitmap_records,
@@ -136,3 +137,9 @@ def test_normalise_operator_input() -> None:
     assert normalise("+44 20 7123 4567") == "+442071234567"
     with pytest.raises(NumberError, match="unparseable number 'abc'"):
         normalise("abc")
+
+
+def test_key_prefix_without_white_space() -> None:
+    assert DncKeys("acme:").registry("us-national", 212) == "acme:dnc:reg:us-national:212"
+    with pytest.raises(ComplianceError, match="key prefix 'a b:' must not contain white space"):
+        DncKeys("a b:")
