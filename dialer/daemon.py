@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import os
 import random
 import signal
@@ -96,6 +97,13 @@ def lease_from_env(environ: Mapping[str, str], name: str, default: float) -> flo
     if not 0.5 <= value <= 3600:
         raise ConfigError([f"${name}: expected seconds between 0.5 and 3600, got {raw!r}"])
     return value
+
+
+def node_call_ids(node_id: str, clock: Callable[[], float]) -> Callable[[], str]:
+    """Call ids unique across the cluster: nodes started together would otherwise mint the same ones
+    (a per-process counter and the millisecond), and CDRs of two calls would share an id."""
+    counter = itertools.count(1)
+    return lambda: f"{node_id}-{next(counter)}-{int(clock() * 1000)}"
 
 
 def redis_client(settings: RedisSettings, *, decode_responses: bool = False,
@@ -272,7 +280,8 @@ class Daemon:
         dnc = DncLists(redis)
         ledger = RedisAbandonLedger(redis, {name: abandon_policy(c) for name, c in campaigns.items()})
         engine = Engine(campaigns, agents=agents, leads=leads, gate=gate, telephony=telephony, abandon=ledger,
-                        opt_out=OptOutRecorder(dnc), clock=clock, metrics=metrics)
+                        opt_out=OptOutRecorder(dnc), clock=clock, metrics=metrics,
+                        call_ids=node_call_ids(leads.node_id, clock))
         svc = Services(self.config_path, config, campaigns, registry, metrics, redis, agents, leads, gate,
                        dnc, ledger, engine, telephony)
         svc.agent_registry = AgentRegistry(leads_redis, agents, node_id=leads.node_id, lease_s=agent_lease_s,
