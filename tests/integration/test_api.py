@@ -23,6 +23,7 @@ from dialer.agents import AgentPool
 from dialer.compliance.dnc import RegistryLoader
 from dialer.daemon import Daemon
 from dialer.outcomes import AgentState
+from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +124,7 @@ class Node:
     http: aiohttp.ClientSession
     root: Path
     redis_url: str
+    redis: RedisServer
 
     async def call(self, method: str, path: str, *, status: int, auth: bool = True,
                    **kwargs: Any) -> Any:
@@ -145,8 +147,9 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout_s: float, w
 
 
 @pytest.fixture
-async def node(tmp_path: Path, redis_url: str) -> AsyncIterator[Node]:
+async def node(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Node]:
     """A daemon on the fast scenario, started in this test's loop and stopped with exit code 0."""
+    redis_url = redis_server.url
     path = write_config(tmp_path, redis_url)
     daemon = Daemon(path, simulate=tmp_path / "fast.toml", sim_agents=0)
     task = asyncio.create_task(daemon.run())
@@ -155,7 +158,7 @@ async def node(tmp_path: Path, redis_url: str) -> AsyncIterator[Node]:
     assert daemon.started.is_set(), f"daemon did not start (exit {task.result() if task.done() else '-'})"
     try:
         async with aiohttp.ClientSession(f"http://127.0.0.1:{daemon.api_port}") as http:
-            yield Node(daemon, http, tmp_path, redis_url)
+            yield Node(daemon, http, tmp_path, redis_url, redis_server)
     finally:
         started.cancel()
         daemon.request_stop()
@@ -230,6 +233,35 @@ async def test_health_readiness_metrics_openapi_and_auth(node: Node) -> None:
                  "body.reason: Field required")
     assert_error(await node.call("POST", "/agents/a2/login", status=400, json={"uri": "tel:123"}),
                  "invalid-request", "body.uri: String should match pattern")
+
+
+async def test_redis_outage_makes_the_node_unready_and_store_routes_503(node: Node) -> None:
+    await load_registry(node.redis_url, node.root)
+    await wait_for(lambda: _redis_ok(node), 5, "the first Redis health check")
+    await node.call("GET", "/readyz", status=200, auth=False)
+    node.redis.stop()
+    try:
+        async def redis_down() -> bool:
+            return not await _redis_ok(node)
+
+        await wait_for(redis_down, 5, "the health check to see Redis gone")
+        body = await node.call("GET", "/readyz", status=503, auth=False)
+        assert_error(body, "not-ready", "redis", "dnc")
+        checks = body["details"]["checks"]
+        assert checks["redis"] == {"ok": False} and checks["telephony"] == {"ok": True}
+        assert checks["dnc"]["registries"]["us-national"]["status"] == "unknown"
+        body = await node.call("POST", "/dnc", status=503, json={"number": "+12125550100"})
+        assert_error(body, "store-unavailable", "Redis is unavailable")
+        assert (await node.call("GET", "/healthz", status=200, auth=False))["status"] == "ok"
+    finally:
+        node.redis.start()
+    await wait_for(lambda: _redis_ok(node), 5, "Redis to be back")
+    # The test server keeps no data across restarts: ready again once the registry is reloaded.
+    body = await node.call("GET", "/readyz", status=503, auth=False)
+    assert body["details"]["checks"]["redis"] == {"ok": True}
+    assert body["details"]["checks"]["dnc"]["registries"]["us-national"]["status"] == "missing"
+    await load_registry(node.redis_url, node.root)
+    await node.call("GET", "/readyz", status=200, auth=False)
 
 
 async def _redis_ok(node: Node) -> bool:
