@@ -118,6 +118,12 @@ class _Shape:
     registries: tuple[tuple[str, RegistryKind], ...]
     protect: bool
     width: int
+    campaign_key: str  # the campaign list's Redis key
+    bitmap_prefixes: tuple[str, ...]  # national-registries-only shape: "\tB\t<key without NPA>"; else ()
+
+
+_HoursMemo = dict[tuple[str, str, str | None, tuple[str, ...]], HoursVerdict]
+"""Hours verdicts within one batch, by campaign, region, subdivision and zones."""
 
 
 class _Plan:
@@ -190,7 +196,7 @@ class ComplianceGate:
         results: list[Blocked | _Plan] = []
         argv: list[str] = []
         width = 0
-        hours_memo: dict[tuple[str, str, tuple[str, ...]], HoursVerdict] = {}
+        hours_memo: _HoursMemo = {}
         for cand in candidates:
             try:
                 item = self._plan(cand, now, hours_memo)
@@ -245,13 +251,19 @@ class ComplianceGate:
             wrong = [name for name, kind in regs if nanp == (kind is RegistryKind.INTL)]
             protect = rule_pack(campaign.rule_pack).abandon_protection_s > 0
             width = 2 + sum(_REPLY_WIDTH[kind] for _, kind in regs) + int(protect)
+            campaign_key = self.keys.campaign(campaign.name)
+            # The common shape, a NANP number against national registries only, gets a ready-made
+            # request template: building it is most of the client's cost per check.
+            simple = nanp and not protect and all(kind is RegistryKind.NATIONAL for _, kind in regs)
+            prefixes = tuple(f"\tB\t{self.keys.registry(name, 0)[:-1]}" for name, _ in regs) if simple \
+                else ()
             shape = (Blocked(BlockReason.GATE_ERROR, f"registry {wrong[0]} cannot hold {region} numbers")
-                     if wrong else _Shape(regs, protect, width))
+                     if wrong else _Shape(regs, protect, width, campaign_key, prefixes))
         self._shapes[cache_key] = shape
         return shape
 
     def _plan(self, cand: DialCandidate, now: float,
-              hours_memo: dict[tuple[str, str, tuple[str, ...]], HoursVerdict]) -> _Plan | Blocked:
+              hours_memo: _HoursMemo) -> _Plan | Blocked:
         campaign = self._campaigns.get(cand.campaign)
         if campaign is None:
             return self._blocked(cand, BlockReason.GATE_ERROR, "unknown campaign")
@@ -268,7 +280,7 @@ class ComplianceGate:
             return self._blocked(cand, BlockReason.NOT_SUBSCRIBED,
                                  f"area code {info.npa} is not in the campaign's registry subscription")
         # Every number of a place and zone set shares the verdict at one instant: once per batch.
-        memo_key = (campaign.name, info.place, info.zones)
+        memo_key = (campaign.name, info.region, info.subdivision, info.zones)
         hours = hours_memo.get(memo_key)
         if hours is None:
             hours = hours_memo[memo_key] = check_hours(campaign, info, now)
@@ -278,11 +290,15 @@ class ComplianceGate:
 
     def _ops(self, plan: _Plan) -> str:
         """The plan's lookups as the script's per-candidate argument (see `LOOKUP_SCRIPT`)."""
-        k = self.keys
-        info = plan.info
+        info, shape = plan.info, plan.shape
         e164 = info.e164
-        parts = [f"{e164}\t{k.campaign(plan.campaign.name)}"]
-        for reg, kind in plan.shape.registries:
+        head = f"{e164}\t{shape.campaign_key}"
+        if shape.bitmap_prefixes:
+            tail = f"{info.npa}\t{info.local}"
+            return head + "".join(prefix + tail for prefix in shape.bitmap_prefixes)
+        k = self.keys
+        parts = [head]
+        for reg, kind in shape.registries:
             if kind is RegistryKind.INTL:
                 prefix, suffix = e164[1:-5], int(e164[-5:])
                 parts.append(f"B\t{k.block(reg, prefix)}\t{64 + suffix}\tS\t{k.blocks(reg)}\t{prefix}\t"
@@ -291,7 +307,7 @@ class ComplianceGate:
                 parts.append(f"B\t{k.registry(reg, info.npa or 0)}\t{info.local}")
                 if kind is RegistryKind.STATE:
                     parts.append(f"S\t{k.npas(reg)}\t{info.npa}\tC\t{k.npas(reg)}\t0")
-        if plan.shape.protect:
+        if shape.protect:
             parts.append(f"G\t{k.protect(e164)}\t0")
         return "\t".join(parts)
 
