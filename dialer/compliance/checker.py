@@ -157,6 +157,7 @@ class ComplianceGate:
         self.metrics = metrics
         self.timeout_s = timeout_s
         self._campaigns: dict[str, CampaignConfig] = {}
+        self._shapes: dict[tuple[str, str], _Shape | Blocked] = {}
         self._script = redis.register_script(LOOKUP_SCRIPT)
         self._warned: set[tuple[str, int, int]] = set()
         self._as_of: dict[str, dict[int, int]] = {}
@@ -167,7 +168,7 @@ class ComplianceGate:
         for c in campaigns.values():
             rule_pack(c.rule_pack)
         self._campaigns = dict(campaigns)
-        self._shapes: dict[tuple[str, str], _Shape | Blocked] = {}
+        self._shapes = {}
 
     async def check(self, candidate: DialCandidate, now: float, *,
                     guaranteed_agent: bool = False) -> Verdict:
@@ -361,6 +362,8 @@ class ComplianceGate:
                 if self.metrics is not None:
                     self.metrics.set_dnc_loaded(reg, min(seen.values()) * 86400.0)
             if age >= warn_age and (reg, unit, today) not in self._warned:
+                if any(day != today for _, _, day in self._warned):
+                    self._warned = {w for w in self._warned if w[2] == today}  # once a day each
                 self._warned.add((reg, unit, today))
                 _log.warning("dnc_registry_aging", registry=reg, area_code=unit, age_days=age,
                              limit_days=max_age)
