@@ -93,6 +93,17 @@ def model_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
     return keys
 
 
+def test_campaign_sample_shows_the_predictive_defaults() -> None:
+    """The commented [pacing.params] lines claim to be the defaults: keep them true."""
+    text = SAMPLE_CAMPAIGN.read_text(encoding="utf-8")
+    section = text.split("[pacing.params]\n", 1)[1].split("\n[", 1)[0]
+    shown = tomllib.loads("\n".join(
+        line.lstrip("# ") for line in section.splitlines() if re.match(r"^#\s*\w+\s*=", line)
+    ))
+    defaults = POLICIES["predictive"].Params().model_dump()
+    assert shown == defaults
+
+
 def test_daemon_sample_documents_every_key_and_no_other() -> None:
     documented = documented_keys(SAMPLE_DAEMON.read_text(encoding="utf-8"))
     secrets = {".".join(path) for path in secret_paths(DaemonConfig)}
