@@ -58,6 +58,7 @@ class AgentPool:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._agents: dict[str, Agent] = {}
+        self._pools: dict[str, list[Agent]] = {}
         self._listeners: list[Listener] = []
 
     def subscribe(self, listener: Listener) -> None:
@@ -69,11 +70,15 @@ class AgentPool:
         """Register an agent (logged out). Re-adding an existing id updates its URI, pool and skills."""
         existing = self._agents.get(agent_id)
         if existing is not None:
+            if existing.pool != pool:
+                self._pools[existing.pool].remove(existing)
+                self._pools.setdefault(pool, []).append(existing)
             existing.uri, existing.pool, existing.skills = uri, pool, frozenset(skills)
             existing.priority = priority
             return existing
         agent = Agent(agent_id, uri, pool, frozenset(skills), priority, state_since=self._clock())
         self._agents[agent_id] = agent
+        self._pools.setdefault(pool, []).append(agent)
         return agent
 
     def get(self, agent_id: str) -> Agent:
@@ -91,7 +96,7 @@ class AgentPool:
 
     def in_pool(self, pool: str) -> list[Agent]:
         """Agents of `pool`, logged in or not."""
-        return [a for a in self._agents.values() if a.pool == pool]
+        return list(self._pools.get(pool, ()))
 
     def transition(self, agent_id: str, new: AgentState, *, call_id: str | None = None,
                    reason: str = "") -> Agent:
@@ -121,8 +126,8 @@ class AgentPool:
     def select(self, pool: str, skills: frozenset[str] = frozenset()) -> Agent | None:
         """The ready agent of `pool` to offer a call to: highest priority, then longest idle."""
         best: Agent | None = None
-        for agent in self._agents.values():
-            if agent.state is not S.READY or agent.pool != pool or not skills <= agent.skills:
+        for agent in self._pools.get(pool, ()):
+            if agent.state is not S.READY or not skills <= agent.skills:
                 continue
             if best is None or (-agent.priority, agent.state_since) < (-best.priority, best.state_since):
                 best = agent

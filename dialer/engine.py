@@ -69,8 +69,9 @@ ROBOCALL_DTMF_GRACE_S = 5.0
 MAX_CLAIM_ROUNDS = 4
 """Claim rounds per tick: leads the gate blocks are replaced by fresh claims up to this many times."""
 
-MIN_TICK_GAP_S = 0.05
-"""Event-triggered ticks (an agent became ready, a line freed) are spaced at least this far apart."""
+MIN_TICK_GAP_S = 0.2
+"""Event-triggered ticks (an agent became ready, a line freed) are spaced at least this far apart:
+quick enough for ring times of seconds and a 2 s connect deadline, without a tick per event."""
 
 
 def check_pools(campaigns: Mapping[str, CampaignConfig]) -> None:

@@ -148,7 +148,7 @@ def test_no_dial_without_a_ready_agent_then_one_per_ready_agent() -> None:
         await rig.step(3)
         assert rig.tel.dialled == []
         rig.pool.transition("a0", AgentState.READY)
-        await rig.step(0.1)
+        await rig.step(0.3)
         assert [r.number for r in rig.tel.dialled] == ["+12025550000"]
         await rig.step(5)
         assert len(rig.tel.dialled) == 1  # progressive: the ready agent already has a call in flight
@@ -159,7 +159,7 @@ def test_no_dial_without_a_ready_agent_then_one_per_ready_agent() -> None:
 def test_live_answer_goes_to_the_agent_then_wrap_up_then_ready() -> None:
     async def body(rig: Rig) -> None:
         rig.pool.transition("a0", AgentState.READY)
-        await rig.step(0.1)
+        await rig.step(0.3)
         call_id = rig.tel.dialled[0].call_id
         rig.tel.emit(CallAnswered(call_id, AnswerKind.HUMAN, rig.engine.clock()))
         await rig.step()
@@ -184,7 +184,7 @@ def test_live_answer_goes_to_the_agent_then_wrap_up_then_ready() -> None:
 def test_no_agent_within_two_seconds_is_an_abandon_with_safe_harbor_message() -> None:
     async def body(rig: Rig) -> None:
         rig.pool.transition("a0", AgentState.READY)
-        await rig.step(0.1)
+        await rig.step(0.3)
         first = rig.tel.dialled[0].call_id
         rig.tel.emit(CallAnswered(first, AnswerKind.HUMAN, rig.engine.clock()))
         rig.tel.emit(AgentConnected(first, "a0"))
@@ -217,7 +217,7 @@ def test_no_agent_within_two_seconds_is_an_abandon_with_safe_harbor_message() ->
 def test_gate_block_means_no_invite_and_a_recorded_reason() -> None:
     async def body(rig: Rig) -> None:
         rig.pool.transition("a0", AgentState.READY)
-        await rig.step(0.1)
+        await rig.step(0.3)
         assert [r.number for r in rig.tel.dialled] == ["+12025550001"]
         [blocked] = [r for r in rig.leads.records if r.outcome is Outcome.BLOCKED]
         assert blocked.number == "+12025550000" and blocked.reason == "dnc_internal"
@@ -230,7 +230,7 @@ def test_gate_block_means_no_invite_and_a_recorded_reason() -> None:
 def test_passing_block_is_rechecked_later() -> None:
     async def body(rig: Rig) -> None:
         rig.pool.transition("a0", AgentState.READY)
-        await rig.step(0.1)
+        await rig.step(0.3)
         assert rig.tel.dialled == []
         assert rig.leads.pending("c") == 1  # outside hours: back in the hopper for later
 
@@ -240,7 +240,7 @@ def test_passing_block_is_rechecked_later() -> None:
 def test_a_failed_call_is_retried_by_the_campaign_rules() -> None:
     async def body(rig: Rig) -> None:
         rig.pool.transition("a0", AgentState.READY)
-        await rig.step(0.1)
+        await rig.step(0.3)
         rig.tel.emit(CallFailed(rig.tel.dialled[0].call_id, Outcome.BUSY, 486))
         await rig.step()
         [record] = rig.leads.records
@@ -255,7 +255,7 @@ def test_a_failed_call_is_retried_by_the_campaign_rules() -> None:
 def test_robocall_opt_out_is_written_before_the_hang_up_and_connect_key_reaches_an_agent() -> None:
     async def body(rig: Rig) -> None:
         rig.pool.transition("a0", AgentState.READY)
-        await rig.step(0.1)
+        await rig.step(0.3)
         first = rig.tel.dialled[0].call_id
         rig.tel.emit(CallAnswered(first, AnswerKind.HUMAN, rig.engine.clock()))
         await rig.step()
@@ -265,7 +265,7 @@ def test_robocall_opt_out_is_written_before_the_hang_up_and_connect_key_reaches_
         assert rig.opt_outs == [("+12025550000", "dtmf")]
         assert ("hangup", first) in rig.tel.log
         rig.tel.emit(CallEnded(first, "local"))
-        await rig.step(0.1)
+        await rig.step(0.3)
         second = rig.tel.dialled[1].call_id
         rig.tel.emit(CallAnswered(second, AnswerKind.HUMAN, rig.engine.clock()))
         rig.tel.emit(DtmfReceived(second, "1"))
@@ -280,7 +280,7 @@ def test_robocall_opt_out_is_written_before_the_hang_up_and_connect_key_reaches_
 def test_machine_answer_is_hung_up_and_agent_untouched() -> None:
     async def body(rig: Rig) -> None:
         rig.pool.transition("a0", AgentState.READY)
-        await rig.step(0.1)
+        await rig.step(0.3)
         call_id = rig.tel.dialled[0].call_id
         rig.tel.emit(CallAnswered(call_id, AnswerKind.MACHINE, rig.engine.clock()))
         await rig.step()
@@ -307,7 +307,7 @@ def test_drain_hangs_up_what_is_left_and_records_every_call() -> None:
     async def body(rig: Rig) -> None:
         for i in range(2):
             rig.pool.transition(f"a{i}", AgentState.READY)
-        await rig.step(0.1)
+        await rig.step(0.3)
         assert len(rig.tel.dialled) == 2
 
         async def telephony_acks_hangups() -> None:
@@ -349,7 +349,7 @@ def test_metrics_follow_calls_gate_and_agents() -> None:
 
     async def body(rig: Rig) -> None:
         rig.pool.transition("a0", AgentState.READY)
-        await rig.step(0.1)
+        await rig.step(0.3)
         call_id = rig.tel.dialled[0].call_id
         rig.tel.emit(CallAnswered(call_id, AnswerKind.HUMAN, rig.engine.clock()))
         await rig.step(0.3)
@@ -380,9 +380,9 @@ def test_lost_lease_is_logged_and_the_engine_carries_on() -> None:
 
         rig.leads.complete = complete  # type: ignore[method-assign]
         rig.pool.transition("a0", AgentState.READY)
-        await rig.step(0.1)
+        await rig.step(0.3)
         rig.tel.emit(CallFailed(rig.tel.dialled[0].call_id, Outcome.BUSY, 486))
-        await rig.step(0.1)
+        await rig.step(0.3)
         assert rig.tel.dialled[0].call_id not in rig.engine._calls  # the failed call is gone
         assert len(rig.tel.dialled) == 2  # and the next lead is dialled: nothing got stuck
 
