@@ -46,6 +46,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import BlockingConnectionPool
 
 from dialer.agent_registry import AgentRegistry
 from dialer.agents import AgentPool
@@ -55,6 +56,7 @@ from dialer.compliance.hours import check_hours
 from dialer.compliance.numbers import classify
 from dialer.compliance.rules import abandon_policy
 from dialer.config import CampaignConfig
+from dialer.daemon import REDIS_MAX_CONNECTIONS
 from dialer.engine import CampaignRuntime, Engine
 from dialer.leads import Lead
 from dialer.leads_redis import RedisLeadStore
@@ -193,6 +195,16 @@ class Node:
     clients: list[aioredis.Redis] = field(default_factory=list)
 
 
+def node_client(url: str, *, decode_responses: bool = False) -> CountingRedis:
+    """A node's client, pooled as the daemon's are (`dialer.daemon.redis_client`). No socket timeout:
+    a blocking read runs in real time while the virtual clock races ahead."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=REDIS_MAX_CONNECTIONS, timeout=None,
+                                           decode_responses=decode_responses, socket_timeout=None)
+    client = CountingRedis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # aclose() closes the pool too, as from_pool would
+    return client
+
+
 def campaign_config(scenario_path: Path, policy: str) -> CampaignConfig:
     base = campaign_for(load_scenario(scenario_path), policy, {})
     data = base.model_dump()
@@ -265,8 +277,7 @@ async def simulate(url: str, args: argparse.Namespace) -> dict[str, Any]:
     nodes: list[Node] = []
     for i in range(args.nodes):
         name = f"node{i + 1}"
-        text = CountingRedis.from_url(url, decode_responses=True, socket_timeout=None)
-        raw = CountingRedis.from_url(url, socket_timeout=None)
+        text, raw = node_client(url, decode_responses=True), node_client(url)
         pool = AgentPool(clock)
         world = SimTelephony(scenario, random.Random(args.seed + i), clock, args.scenario.parent)
         store = CountingStore(text, node_id=name, lease_s=60.0)

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -78,6 +79,11 @@ GATE_REDIS_RETRIES = 2
 LEADS_REDIS_RETRIES = 8
 """Retries on the lead/agent client: back-off 0.05 s doubling to 1 s rides out a ~5 s Redis restart,
 so a call that ends meanwhile still gets its own record instead of a lease-expiry one."""
+
+REDIS_MAX_CONNECTIONS = 64
+"""Connections per client (a node has two); more concurrent commands queue for a free one."""
+REDIS_POOL_WAIT_S = 10.0
+"""Longest a command waits for a free connection before it fails."""
 
 LEAD_LEASE_ENV = "DIALER_LEAD_LEASE_S"
 AGENT_LEASE_ENV = "DIALER_AGENT_LEASE_S"
@@ -139,7 +145,12 @@ def redis_client(settings: RedisSettings, *, decode_responses: bool = False,
     kwargs = dict(common)
     if password is not None:
         kwargs["password"] = password
-    return aioredis.Redis.from_url(settings.url, **kwargs)
+    # A bounded pool that makes a burst wait for a free connection: redis-py's default pool raises
+    # MaxConnectionsError beyond 100 concurrent commands, which a node with hundreds of agents reaches
+    # when many calls end at once (bench/scale.py) and which would lose those calls' records.
+    pool = BlockingConnectionPool.from_url(settings.url, max_connections=REDIS_MAX_CONNECTIONS,
+                                           timeout=REDIS_POOL_WAIT_S, **kwargs)
+    return aioredis.Redis.from_pool(pool)
 
 
 @dataclass
