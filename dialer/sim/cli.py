@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dialer.errors import ConfigError
+from dialer.logging import configure_logging
 from dialer.pacing import make_policy
 from dialer.sim.report import plot_timeline, table
 from dialer.sim.run import run_simulation
@@ -44,6 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of `dialer simulate`."""
+    configure_logging("warning", None)  # per-call events of a simulated day are noise here
     problems: list[str] = []
     params = dict(args.param)
     try:
