@@ -7,6 +7,8 @@ import random
 import numpy as np
 import phonenumbers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dialer.compliance.dnc import (
     DncKeys,
@@ -143,3 +145,46 @@ def test_key_prefix_without_white_space() -> None:
     assert DncKeys("acme:").registry("us-national", 212) == "acme:dnc:reg:us-national:212"
     with pytest.raises(ComplianceError, match="key prefix 'a b:' must not contain white space"):
         DncKeys("a b:")
+
+
+def reference_parse(data: bytes, changes: bool) -> tuple[list[int], list[bool], list[int]]:
+    """A plain line-by-line reading of the same formats: (numbers, add flags, malformed line numbers)."""
+    numbers, flags, bad = [], [], []
+    for i, raw in enumerate(data.split(b"\n"), start=1):
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if not line:
+            continue
+        text = line.decode("latin-1")
+        flag = True
+        if changes:
+            if len(text) < 2 or text[-2] != "," or text[-1] not in "AaDd":
+                bad.append(i)
+                continue
+            flag, text = text[-1] in "Aa", text[:-2]
+        if len(text) == 11 and text[3] == ",":
+            text = text[:3] + text[4:]
+        if len(text) != 10 or not text.isascii() or not text.isdigit() or text[0] in "01" or text[3] in "01":
+            bad.append(i)
+            continue
+        numbers.append(int(text))
+        flags.append(flag)
+    return numbers, flags, bad
+
+
+line_parts = st.sampled_from(["2125550123", "212,5550123", "9999999999", "2121550123", "1125550123", "212",
+                              ",", "A", "D", "a", "x", "\r", "", "0", "5", "21255501234", " "])
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.lists(line_parts, max_size=4).map("".join), max_size=30),
+       changes=st.booleans(), final_newline=st.booleans())
+def test_vectorised_parser_matches_a_plain_reading(lines: list[str], changes: bool,
+                                                   final_newline: bool) -> None:
+    data = "\n".join(lines).encode() + (b"\n" if final_newline and lines else b"")
+    numbers, flags, bad = reference_parse(data, changes)
+    p = parse_nanp(data, "h.txt", changes=changes)
+    assert (p.npa * 10_000_000 + p.local).tolist() == numbers
+    assert p.malformed == len(bad)
+    assert [int(m.split(":")[1]) for m in p.problems] == bad[:50]
+    if changes:
+        assert p.add is not None and p.add.tolist() == flags
