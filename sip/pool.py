@@ -55,10 +55,9 @@ log = structlog.get_logger("sip.pool")
 
 _E164 = re.compile(r"^\+?[1-9][0-9]{1,14}$")
 _CALLER_ID = re.compile(r"^\+?[0-9A-Za-z._-]{1,64}$")
-READY_TIMEOUT_S = 15.0
 SPAWN_CONCURRENCY = 4
 """Workers starting at once: each start costs ~0.3 s of CPU (imports, pjlib init); 50 at once on
-2 cores would starve each other past READY_TIMEOUT_S."""
+2 cores would starve each other past `worker_start_timeout_s`."""
 STABLE_AFTER_S = 30.0
 """A worker that lived this long resets the restart backoff."""
 EXIT_WAIT_S = 5.0
@@ -127,6 +126,7 @@ class SipPool:
         self._idle = asyncio.Event()
         self._idle.set()
         self._spawning = asyncio.Semaphore(SPAWN_CONCURRENCY)
+        self._pacing = 0  # originates waiting for the trunk's CPS pacing
         self.restarts = 0
         """Workers replaced after a crash or hang since the pool opened (for metrics and benches)."""
 
@@ -147,10 +147,16 @@ class SipPool:
         for index in range(self.settings.worker_count):
             self._first_ready[index] = loop.create_future()
             self._supervisors.append(asyncio.create_task(self._supervise(index), name=f"sip-worker-{index}"))
+        budget = self.settings.worker_start_timeout_s + 0.5 * self.settings.worker_count / SPAWN_CONCURRENCY
         try:
-            budget = READY_TIMEOUT_S + 0.5 * self.settings.worker_count / SPAWN_CONCURRENCY
             async with asyncio.timeout(budget):
                 await asyncio.gather(*self._first_ready.values())
+        except TimeoutError:
+            missing = self.settings.worker_count - len(self._workers)
+            await self.close()
+            raise TelephonyError(
+                f"{missing} of {self.settings.worker_count} SIP workers did not start within {budget:g} s"
+            ) from None
         except BaseException:
             await self.close()
             raise
@@ -198,7 +204,9 @@ class SipPool:
             return 0
         per_call = self.settings.legs_per_call
         free = sum(w.free // per_call for w in self._workers.values() if w.ready and not w.lost)
-        return max(0, min(free, self.settings.max_concurrent_calls - len(self._calls)))
+        # Originates still waiting for their CPS turn will take slots too.
+        free -= self._pacing
+        return max(0, min(free, self.settings.max_concurrent_calls - len(self._calls) - self._pacing))
 
     async def originate(self, clearance: Clearance, request: DialRequest) -> None:
         """Place a call on a worker with room, paced to the trunk's CPS, only with a valid clearance.
@@ -229,7 +237,11 @@ class SipPool:
         from_uri = self.settings.from_uri(request.caller_id)
         if self.settings.p_asserted_identity:
             headers.setdefault("P-Asserted-Identity", f"<{from_uri}>")
-        await self._pacer.wait()
+        self._pacing += 1
+        try:
+            await self._pacer.wait()
+        finally:
+            self._pacing -= 1
         worker = self._pick()
         # Checked again immediately before the INVITE: pacing may have made the clearance stale.
         clearance.verify(request.number, request.campaign, time.time())
@@ -414,7 +426,7 @@ class SipPool:
 
     def _kill(self, worker: _Worker, why: str) -> None:
         if worker.proc.returncode is None:
-            log.warning("sip_worker_killed", worker=worker.index, pid=worker.pid, why=why)
+            log.warning("sip_worker_killed", worker=worker.index, pid=worker.proc.pid, why=why)
             with contextlib.suppress(ProcessLookupError):
                 worker.proc.send_signal(signal.SIGKILL)
 
@@ -475,7 +487,7 @@ class SipPool:
     async def _handshake(self, worker: _Worker) -> None:
         worker.writer.write(p.encode(self._configure_msg(worker.index)))
         await worker.writer.drain()
-        async with asyncio.timeout(READY_TIMEOUT_S):
+        async with asyncio.timeout(self.settings.worker_start_timeout_s):
             while True:
                 line = await worker.reader.readline()
                 if not line:

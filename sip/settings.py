@@ -80,6 +80,7 @@ class SipSettings(BaseModel):
     agent_answer_timeout_s: float = Field(20.0, gt=0, le=120, description="agent leg must answer by then")
     amd_max_s: float = Field(4.0, gt=0, le=30, description="AMD undecided this long = unknown")
     poll_ms: int = Field(10, ge=1, le=500, description="worker's libHandleEvents timeout")
+    worker_start_timeout_s: float = Field(15.0, gt=0, le=120, description="a new worker must be up by then")
     heartbeat_interval_s: float = Field(1.0, gt=0, le=60)
     heartbeat_timeout_s: float = Field(5.0, gt=0, le=300, description="no pong = worker hung: kill it")
     command_timeout_s: float = Field(5.0, gt=0, le=60, description="a worker must acknowledge by then")

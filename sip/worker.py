@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pjsua2 as pj
@@ -89,7 +89,6 @@ class Leg:
     transferring: bool = False
     agent_deadline: float = 0.0
     q850: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class _Call(pj.Call):  # type: ignore[misc]  # pjsua2 is untyped
@@ -597,6 +596,7 @@ class Worker:
 
     def start_player(self, leg: Leg, path: str) -> None:
         leg.pending_play = None
+        self.stop_listening(leg)  # a machine's beep has been waited for: AMD's work is done
         player = _Player(leg.key)
         player.createPlayer(path, pj.PJMEDIA_FILE_NO_LOOP)
         player.startTransmit(leg.call.getAudioMedia(-1))
@@ -673,7 +673,8 @@ class Worker:
                 self.next_attempt = now + RETRY_SLOT_S
                 return
             self.pending.popleft()
-            self.next_attempt = max(self.next_attempt, now - 1.0) + 1.0 / self.cfg.attempts_per_s
+            # Strict spacing, no burst credit: bursts are what exhaust pjlib's 64-handle select().
+            self.next_attempt = max(self.next_attempt, now) + 1.0 / self.cfg.attempts_per_s
 
     def collect_dead(self) -> None:
         """Delete disconnected legs' Call objects now, outside any callback.

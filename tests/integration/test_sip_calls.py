@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import re
 import time
 from pathlib import Path
 
@@ -168,3 +170,47 @@ async def test_dtmf_rfc2833_and_sip_info_digits_arrive_in_order(tmp_path: Path) 
             assert await sipp.finished() == 0, sipp.errors()
     # 1 and 9 as RFC 2833 events with payload type 101, 5 as SIP INFO.
     assert [d.digit for d in digits] == ["1", "9", "5"]
+
+
+@pytest.mark.parametrize(("password", "answered"), [("s3cret", True), ("wrong", False)])
+async def test_digest_credentials_answer_the_trunks_challenge(
+    tmp_path: Path, password: str, answered: bool
+) -> None:
+    events = EventRecorder()
+    with running_sipp("uas_digest_auth.xml", tmp_path) as sipp:
+        settings = loopback_settings(sipp.host, username="dialer", password=password, realm="dialer.test")
+        async with SipPool(settings) as pool:
+            pool.start(events)
+            await dial(pool, request("a1", detect_machine=False))
+            if answered:
+                await events.wait_for("a1", CallAnswered)
+                await pool.hangup("a1")
+            terminal = await events.wait_terminal("a1")
+            assert await sipp.finished() == 0, sipp.errors()
+    if answered:
+        assert terminal == CallEnded("a1", hangup_by="local")
+    else:
+        assert terminal == CallFailed("a1", Outcome.REJECTED, 403, "sip_403")
+    assert password not in sipp.messages()  # only the digest response travels
+
+
+async def test_each_worker_paces_its_invites_to_its_attempt_rate(tmp_path: Path) -> None:
+    events = EventRecorder()
+    with running_sipp("uas_reject_486.xml", tmp_path, calls=4, keys={"cause": "0"}) as sipp:
+        settings = loopback_settings(
+            sipp.host, reserve_agent_slot=False, worker_attempts_per_s=5.0, trunk_cps=1000.0
+        )
+        async with SipPool(settings) as pool:
+            pool.start(events)
+            for i in range(4):  # handed to the worker at once
+                await dial(pool, request(f"p{i}", number=f"+155512300{i:02d}"))
+            for i in range(4):
+                await events.wait_terminal(f"p{i}")
+            assert await sipp.finished() == 0, sipp.errors()
+    stamps = re.findall(
+        r"-{10,} \S+ (\d\d):(\d\d):([\d.]+)\nUDP message received \[\d+\] bytes :\n\nINVITE ", sipp.messages()
+    )
+    seconds = [int(h) * 3600 + int(m) * 60 + float(s) for h, m, s in stamps]
+    assert len(seconds) == 4
+    gaps = [b - a for a, b in itertools.pairwise(seconds)]
+    assert min(gaps) >= 0.18, gaps  # 5 attempts/s: 200 ms apart at the peer

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -156,3 +157,48 @@ async def test_no_invite_leaves_without_a_valid_fresh_clearance(tmp_path: Path) 
             assert await events.wait_terminal("c2") == CallFailed("c2", Outcome.BUSY, 486, "sip_486")
     invites = sipp.messages().count("INVITE sip:")
     assert invites == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "raise SystemExit(3)",  # dies at once
+        'os.write(fd, b\'{"v": 1, "type": "ready", "pid": "me"}\\n\'); time.sleep(30)',  # speaks nonsense
+        "time.sleep(30)",  # never answers
+    ],
+    ids=["exits", "garbage", "silent"],
+)
+async def test_workers_that_cannot_start_give_a_clear_error(tmp_path: Path, body: str) -> None:
+    fake = tmp_path / "fake-python"
+    fake.write_text(
+        f"#!{sys.executable}\nimport os, sys, time\nfd = int(sys.argv[sys.argv.index('--fd') + 1])\n{body}\n"
+    )
+    fake.chmod(0o755)
+    settings = loopback_settings("127.0.0.1:9", workers=2, worker_start_timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(TelephonyError, match=r"2 of 2 SIP workers did not start within 0\.75 s"):
+        async with SipPool(settings, python=str(fake)):
+            pass
+    assert time.monotonic() - started < 5.0
+
+
+async def test_close_drains_then_hangs_up_what_is_left_once(tmp_path: Path) -> None:
+    write_rtp_pcap(tmp_path / "answer.pcap", human_answer(seed=8, duration_s=3.0).pcm)
+    events = EventRecorder()
+    with running_sipp("uas_answer_audio.xml", tmp_path) as sipp:
+        pool = SipPool(loopback_settings(sipp.host, drain_timeout_s=0.5))
+        async with pool:
+            pool.start(events)
+            await dial(pool, request("z1", detect_machine=False))
+            await events.wait_for("z1", CallAnswered)
+            started = time.monotonic()
+            await asyncio.gather(pool.close(), pool.close())  # concurrent closes share one shutdown
+            closed_after = time.monotonic() - started
+            with pytest.raises(TelephonyError, match="shutting down"):
+                await dial(pool, request("z2"))
+            assert pool.capacity() == 0
+        await pool.close()  # and a later one is a no-op
+        assert await sipp.finished() == 0, sipp.errors()  # it got our BYE
+    assert 0.5 <= closed_after < 5.0
+    assert [type(e) for e in events.of("z1")] == [CallRinging, CallAnswered, CallEnded]
+    assert events.of("z1")[-1] == CallEnded("z1", hangup_by="local")
