@@ -397,10 +397,6 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "sip.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
     (args.out / "sip.md").write_text(md)
-    if args.out.resolve() != RESULTS.resolve():
-        # The README's summary table always reflects the latest run.
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "sip.md").write_text(md)
     print(md)
     return 0
 
