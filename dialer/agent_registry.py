@@ -3,12 +3,17 @@
 Each node keeps its agents in its own `AgentPool` (the state machine the engine drives). The
 registry makes that pool cluster-wide:
 
-- **Ownership by lease.** An agent's session belongs to one node at a time: `owner` and
-  `lease_until` (Redis server clock, ms) in the agent's hash, fenced by an `epoch` that grows with
-  every change of owner. The owner renews its leases every third of `lease_s`; a node that dies
-  stops renewing, and after `lease_s` any node may take the session over on the agent's next action
-  (a login, ready, pause, wrap-up or logout sent to that node's API). Only the owner's pool holds
-  the agent, so only the owner offers it calls.
+- **Ownership by lease.** An agent's session belongs to one node at a time: `owner` and `token` (the
+  owning process's session token) in the agent's hash, fenced by an `epoch` that grows with every
+  change of owner. The lease is the node's: `{prefix}:node:<id>:alive` holds the process's token
+  with a TTL of `lease_s` (Redis server clock), renewed every third of it. One heartbeat covers all
+  of a node's agents (renewing each agent separately cost three Redis commands per agent every
+  five seconds, most of the cluster's Redis load in bench/scale.py). A node that dies stops
+  renewing; after `lease_s` any node may take its sessions over on each agent's next action (a
+  login, ready, pause, wrap-up or logout sent to that node's API). A restarted node has a new
+  token, so it does not resurrect the sessions of its previous life. Only the owner's pool holds
+  the agent, so only the owner offers it calls. A node learns that a session was taken from it
+  (after a partition) from its `lost` set on the next heartbeat.
 - **Mirror.** Every state change of an owned agent is written to its hash (state, since, pause
   reason, call), fenced by the epoch so a node that lost the session cannot overwrite the new owner.
 - **Routing.** A command for an agent owned by another live node goes to that node's inbox stream
@@ -16,8 +21,9 @@ registry makes that pool cluster-wide:
   the sender waits on. Commands are applied by the owner only, so the state machine is never run
   in two places for one agent.
 
-Keys (prefix `dialer`): `dialer:agent:<id>` hash; `dialer:agents` sorted set of agent ids by lease
-expiry (0 when ownerless); `dialer:node:<node>:inbox` stream; `dialer:agent-reply:<request>` list.
+Keys (prefix `dialer`): `dialer:agent:<id>` hash; `dialer:agents` set of agent ids;
+`dialer:node:<node>:alive` the node's lease; `dialer:node:<node>:lost` set of agents taken from it;
+`dialer:node:<node>:inbox` stream; `dialer:agent-reply:<request>` list.
 
 Agents added to a pool directly (the daemon's `--sim-agents`) are node-local and not registered.
 
@@ -68,54 +74,53 @@ local function now_ms()
 end
 """
 
-# KEYS: agent, agents zset. ARGV: id, node, lease ms, create ('1': a login may create the record),
-# then for a login: uri, pool, skills, priority.
-# Returns {'owned', owner, lease_until} when another node holds a live lease, {'missing'} when there
-# is no such agent and none may be created, else {'ok', epoch, previous owner, previous state, taken}
-# where taken is '1' when the session changed hands (a takeover or first login).
+# KEYS: agent, agents set, this node's alive key. ARGV: id, node, token, lease ms, create ('1': a login
+# may create the record), node key prefix, then for a login: uri, pool, skills, priority.
+# Returns {'owned', owner} when another live node holds the session, {'missing'} when there is no
+# such agent and none may be created, else {'ok', epoch, previous owner, previous state, taken} where
+# taken is '1' when the session changed hands (a takeover or a first login).
 _ACQUIRE = _NOW_MS + """
 local now = now_ms()
-local f = redis.call('HMGET', KEYS[1], 'owner', 'lease_until', 'epoch', 'state')
-local owner, lease_until, epoch, state = f[1] or '', tonumber(f[2] or '0'), tonumber(f[3] or '0'), f[4]
-if not state and ARGV[4] ~= '1' then return {'missing'} end
-if owner ~= '' and owner ~= ARGV[2] and lease_until >= now then
-  return {'owned', owner, tostring(lease_until)}
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])  -- acting for an agent is also a heartbeat
+local f = redis.call('HMGET', KEYS[1], 'owner', 'token', 'epoch', 'state')
+local owner, token, epoch, state = f[1] or '', f[2] or '', tonumber(f[3] or '0'), f[4]
+if not state and ARGV[5] ~= '1' then return {'missing'} end
+if owner ~= '' and token ~= ARGV[3] then
+  local alive = redis.call('GET', ARGV[6] .. owner .. ':alive')
+  if alive and alive == token then return {'owned', owner} end
 end
 local taken = '0'
-if owner ~= ARGV[2] then
+if owner ~= ARGV[2] or token ~= ARGV[3] then
   epoch = epoch + 1
   taken = '1'
+  if owner ~= '' and owner ~= ARGV[2] then redis.call('SADD', ARGV[6] .. owner .. ':lost', ARGV[1]) end
 end
-local until_ms = now + tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'lease_until', until_ms, 'epoch', epoch)
+redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'token', ARGV[3], 'epoch', epoch)
 if not state then
   redis.call('HSET', KEYS[1], 'state', 'logged_out', 'state_since', now / 1000, 'uri', '', 'pool', 'default',
              'skills', '', 'priority', 0)
   state = 'logged_out'
 end
-if ARGV[4] == '1' and #ARGV >= 8 then
-  redis.call('HSET', KEYS[1], 'uri', ARGV[5], 'pool', ARGV[6], 'skills', ARGV[7], 'priority', ARGV[8])
+if ARGV[5] == '1' and #ARGV >= 10 then
+  redis.call('HSET', KEYS[1], 'uri', ARGV[7], 'pool', ARGV[8], 'skills', ARGV[9], 'priority', ARGV[10])
 end
-redis.call('ZADD', KEYS[2], until_ms, ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[1])
 return {'ok', tostring(epoch), owner, state, taken}
 """
 
-# KEYS: agents zset. ARGV: node, lease ms, agent key prefix, then (id, epoch) pairs.
-# Extends each lease still held by this node under that epoch; returns the ids it no longer holds.
-_RENEW = _NOW_MS + """
-local until_ms = now_ms() + tonumber(ARGV[2])
-local lost = {}
-for i = 4, #ARGV, 2 do
-  local key = ARGV[3] .. ARGV[i]
-  local f = redis.call('HMGET', key, 'owner', 'epoch')
-  if f[1] == ARGV[1] and f[2] == ARGV[i + 1] then
-    redis.call('HSET', key, 'lease_until', until_ms)
-    redis.call('ZADD', KEYS[1], until_ms, ARGV[i])
-  else
-    lost[#lost + 1] = ARGV[i]
-  end
+# KEYS: this node's alive key, its lost set. ARGV: token, lease ms. Renews the node's lease; returns
+# (id, owner, epoch) of each agent reported taken from this node since the last heartbeat.
+_HEARTBEAT = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local ids = redis.call('SMEMBERS', KEYS[2])
+if #ids == 0 then return {} end
+redis.call('DEL', KEYS[2])
+local out = {}
+for _, id in ipairs(ids) do
+  local f = redis.call('HMGET', ARGV[3] .. id, 'owner', 'epoch')
+  out[#out + 1] = {id, f[1] or '', f[2] or ''}
 end
-return lost
+return out
 """
 
 # ARGV: node, agent key prefix, then groups of 9: id, epoch, state, state_since, pause_reason, call_id,
@@ -135,13 +140,12 @@ end
 return refused
 """
 
-# KEYS: agent, agents zset. ARGV: id, node, epoch. Gives the session up (shutdown or logout): the
-# record stays, ownerless, and the next action on any node takes it.
+# KEYS: agent. ARGV: node, epoch. Gives the session up (shutdown or logout): the record stays,
+# ownerless, and the next action on any node takes it.
 _RELEASE = """
 local f = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
-if f[1] ~= ARGV[2] or f[2] ~= ARGV[3] then return 0 end
-redis.call('HSET', KEYS[1], 'owner', '', 'lease_until', 0)
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
+if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'owner', '', 'token', '')
 return 1
 """
 
@@ -177,7 +181,7 @@ class AgentRecord:
     call_id: str | None
     calls_handled: int
     owner: str | None  # node holding the session; None when ownerless
-    lease_until: float  # epoch seconds (Redis server clock); 0 when ownerless
+    lease_until: float  # epoch seconds (Redis server clock) the owner's lease runs to; 0 when not live
     live: bool  # the owner's lease had not expired when this was read
 
     def as_dict(self) -> dict[str, Any]:
@@ -198,16 +202,19 @@ class AgentRecord:
                    lease_until=float(data["lease_until"]), live=bool(data["live"]))
 
 
-def _record_from_hash(agent_id: str, raw: Mapping[str, str], now_ms: int) -> AgentRecord:
-    lease_ms = int(float(raw.get("lease_until") or 0))
+def _record_from_hash(agent_id: str, raw: Mapping[str, str],
+                      alive: Mapping[str, tuple[str, float]]) -> AgentRecord:
+    """`alive`: each owner node's current token and lease expiry (epoch s)."""
     owner = raw.get("owner") or None
+    token, lease_until = alive.get(owner or "", ("", 0.0))
+    live = owner is not None and token != "" and token == raw.get("token")
     return AgentRecord(
         agent_id=agent_id, uri=raw.get("uri", ""), pool=raw.get("pool", "default"),
         skills=tuple(s for s in raw.get("skills", "").split(",") if s),
         priority=int(raw.get("priority") or 0), state=AgentState(raw.get("state", "logged_out")),
         state_since=float(raw.get("state_since") or 0.0), pause_reason=raw.get("pause_reason", ""),
         call_id=raw.get("call_id") or None, calls_handled=int(raw.get("calls_handled") or 0),
-        owner=owner, lease_until=lease_ms / 1000.0, live=owner is not None and lease_ms >= now_ms,
+        owner=owner, lease_until=lease_until if live else 0.0, live=live,
     )
 
 
@@ -242,8 +249,9 @@ class AgentRegistry:
         self._lost: set[str] = set()  # sessions taken over elsewhere while the agent was on a call here
         self._dirty: set[str] = set()
         self._dirty_event = asyncio.Event()
+        self.token = f"{node_id}/{secrets.token_hex(6)}"  # this process's life as `node_id`
         self._acquire = redis.register_script(_ACQUIRE)
-        self._renew = redis.register_script(_RENEW)
+        self._heartbeat = redis.register_script(_HEARTBEAT)
         self._mirror = redis.register_script(_MIRROR)
         self._release = redis.register_script(_RELEASE)
         agents.subscribe(self._on_change)
@@ -257,9 +265,12 @@ class AgentRegistry:
     def _index(self) -> str:
         return f"{self.prefix}:agents"
 
+    def _node_key(self, node_id: str, name: str) -> str:
+        return f"{self.prefix}:node:{node_id}:{name}"
+
     def inbox(self, node_id: str) -> str:
         """The command stream of `node_id`."""
-        return f"{self.prefix}:node:{node_id}:inbox"
+        return self._node_key(node_id, "inbox")
 
     def _reply_key(self, request_id: str) -> str:
         return f"{self.prefix}:agent-reply:{request_id}"
@@ -297,31 +308,45 @@ class AgentRegistry:
 
     async def get(self, agent_id: str) -> AgentRecord | None:
         """The agent as last mirrored, or None if it never logged in."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.time()
-            pipe.hgetall(self._agent_key(agent_id))
-            (secs, micros), raw = await pipe.execute()
+        raw = cast(dict[str, str], await self.redis.hgetall(self._agent_key(agent_id)))
         if not raw:
             return None
-        return _record_from_hash(agent_id, cast(dict[str, str], raw), int(secs) * 1000 + int(micros) // 1000)
+        return _record_from_hash(agent_id, raw, await self._alive({raw.get("owner", "")}))
 
     async def agents(self, pool: str | None = None) -> list[AgentRecord]:
         """Every registered agent (of `pool`), sorted by id."""
-        ids = sorted(cast(list[str], await self.redis.zrange(self._index, 0, -1)))
+        ids = sorted(cast(set[str], await self.redis.smembers(self._index)))
         out: list[AgentRecord] = []
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.time()
                 for agent_id in chunk:
                     pipe.hgetall(self._agent_key(agent_id))
-                (secs, micros), *raws = await pipe.execute()
-            now_ms = int(secs) * 1000 + int(micros) // 1000
+                raws = cast(list[dict[str, str]], await pipe.execute())
+            alive = await self._alive({raw.get("owner", "") for raw in raws})
             for agent_id, raw in zip(chunk, raws, strict=True):
                 if raw:
-                    rec = _record_from_hash(agent_id, cast(dict[str, str], raw), now_ms)
+                    rec = _record_from_hash(agent_id, raw, alive)
                     if pool is None or rec.pool == pool:
                         out.append(rec)
+        return out
+
+    async def _alive(self, nodes: set[str]) -> dict[str, tuple[str, float]]:
+        """Each node's current token and lease expiry (epoch s); nodes without a lease are left out."""
+        names = sorted(n for n in nodes if n)
+        if not names:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            for name in names:
+                pipe.get(self._node_key(name, "alive"))
+                pipe.pttl(self._node_key(name, "alive"))
+            (secs, micros), *replies = await pipe.execute()
+        now = int(secs) + int(micros) / 1e6
+        out = {}
+        for name, token, pttl in zip(names, replies[0::2], replies[1::2], strict=True):
+            if token and int(pttl) > 0:
+                out[name] = (str(token), now + int(pttl) / 1000.0)
         return out
 
     def owns(self, agent_id: str) -> bool:
@@ -338,11 +363,13 @@ class AgentRegistry:
     async def _take(self, agent_id: str, action: str, kw: Mapping[str, Any]) -> str | None:
         """Hold the agent's session here (None) or name the live node that holds it."""
         login = action == "login"
-        args: list[str | int] = [agent_id, self.node_id, round(self.lease_s * 1000), "1" if login else "0"]
+        args: list[str | int] = [agent_id, self.node_id, self.token, round(self.lease_s * 1000),
+                                 "1" if login else "0", f"{self.prefix}:node:"]
         if login:
             args += [str(kw["uri"]), str(kw["pool"]), ",".join(kw.get("skills") or ()),
                      int(kw.get("priority", 0))]
-        reply: list[str] = await self._acquire(keys=[self._agent_key(agent_id), self._index], args=args)
+        keys = [self._agent_key(agent_id), self._index, self._node_key(self.node_id, "alive")]
+        reply: list[str] = await self._acquire(keys=keys, args=args)
         if reply[0] == "missing":
             raise AgentNotFoundError(f"unknown agent {agent_id!r}: not logged in on any node")
         if reply[0] == "owned":
@@ -425,32 +452,30 @@ class AgentRegistry:
     async def _give_up(self, agent_id: str) -> None:
         epoch = self._owned.pop(agent_id, None)
         if epoch is not None:
-            await self._release(keys=[self._agent_key(agent_id), self._index],
-                                args=[agent_id, self.node_id, epoch])
+            await self._release(keys=[self._agent_key(agent_id)], args=[self.node_id, epoch])
 
     async def release_all(self) -> int:
         """Give up every session this node holds (graceful shutdown): other nodes take them at once."""
         released = 0
         for agent_id, epoch in list(self._owned.items()):
-            released += int(await self._release(keys=[self._agent_key(agent_id), self._index],
-                                                 args=[agent_id, self.node_id, epoch]))
+            released += int(await self._release(keys=[self._agent_key(agent_id)], args=[self.node_id, epoch]))
         self._owned.clear()
+        await self.redis.delete(self._node_key(self.node_id, "alive"))
         if released:
             log.info("agent_sessions_released", node=self.node_id, count=released)
         return released
 
     async def renew(self) -> list[str]:
-        """Extend every lease this node holds; returns the agents whose sessions it lost."""
-        if not self._owned:
-            return []
-        snapshot = list(self._owned.items())
-        args: list[str | int] = [self.node_id, round(self.lease_s * 1000), f"{self.prefix}:agent:"]
-        for agent_id, epoch in snapshot:
-            args += [agent_id, epoch]
-        lost: list[str] = await self._renew(keys=[self._index], args=args)
-        for agent_id in lost:
-            if self._owned.get(agent_id) == dict(snapshot)[agent_id]:
+        """Renew this node's lease (the heartbeat); returns the agents whose sessions it has lost."""
+        taken: list[list[str]] = await self._heartbeat(
+            keys=[self._node_key(self.node_id, "alive"), self._node_key(self.node_id, "lost")],
+            args=[self.token, round(self.lease_s * 1000), f"{self.prefix}:agent:"])
+        lost = []
+        for agent_id, owner, epoch in taken:
+            mine = self._owned.get(agent_id)
+            if mine is not None and (owner != self.node_id or epoch != mine):
                 self._lose(agent_id)
+                lost.append(agent_id)
         return lost
 
     def _lose(self, agent_id: str) -> None:
