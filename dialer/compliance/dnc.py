@@ -77,6 +77,7 @@ INTL_REGISTRIES: Final = {"uk-tps": "44", "uk-ctps": "44"}
 """Non-NANP registries and the country code their national-format lines belong to."""
 
 _STATE = re.compile(r"^state-[A-Z]{2}$")
+_CAMPAIGN = re.compile(r"^[A-Za-z0-9_.-]+$")  # as `CampaignConfig.name`
 _NL = ord("\n")
 _CR = ord("\r")
 _COMMA = ord(",")
@@ -693,7 +694,11 @@ class DncLists:
         self.keys = keys or DncKeys()
 
     def _key(self, campaign: str | None) -> str:
-        return self.keys.internal if campaign is None else self.keys.campaign(campaign)
+        if campaign is None:
+            return self.keys.internal
+        if not _CAMPAIGN.match(campaign):
+            raise ComplianceError(f"{campaign!r} is not a campaign name (letters, digits, _ . -)")
+        return self.keys.campaign(campaign)
 
     @staticmethod
     def _validated(number: str) -> str:

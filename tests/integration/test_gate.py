@@ -107,6 +107,8 @@ async def test_campaign_list_blocks_only_its_campaign(client: aioredis.Redis, tm
     assert isinstance(await gate.check(DialCandidate(CLEAN, "b"), NOW), Clearance)
     await DncLists(client).remove(CLEAN, campaign="a")
     assert isinstance(await gate.check(DialCandidate(CLEAN, "a"), NOW), Clearance)
+    with pytest.raises(ComplianceError, match="'a b' is not a campaign name"):
+        await DncLists(client).add(CLEAN, campaign="a b")
 
 
 async def test_redis_stopped_blocks_everything(redis_server: RedisServer, client: aioredis.Redis,
