@@ -80,7 +80,7 @@ class PredictiveParams(PolicyParams):
         30.0, gt=0, description="predicted live answers over which the model's own rate is averaged"
     )
     bias_prior: float = Field(
-        2.0, gt=0, le=20, description="assumed ratio of real to predicted abandons before evidence"
+        1.0, gt=0, le=20, description="assumed ratio of real to predicted abandons before evidence"
     )
     bias_prior_abandons: float = Field(
         4.0, gt=0, description="weight of that prior, in predicted abandons"
@@ -95,7 +95,10 @@ class PredictiveParams(PolicyParams):
         1.5, ge=0, le=5,
         description="std-devs of sampling noise kept under the limit while the window is young"
     )
-    connect_deadline_s: float = Field(2.0, gt=0, le=10, description="live answer to agent, else abandon")
+    connect_deadline_s: float = Field(
+        1.6, gt=0, le=10,
+        description="seconds an answered call can wait for an agent: the 2 s rule less the bridge set-up",
+    )
     min_handles: int = Field(30, ge=1, description="completed calls seen before leaving progressive")
     min_attempts: int = Field(100, ge=1, description="resolved dial attempts seen before leaving progressive")
     min_live_answers: int = Field(30, ge=1, description="live answers seen before leaving progressive")
@@ -454,7 +457,10 @@ class PredictivePolicy(PacingPolicy):
             return 0
         horizon = int(min(snap.ring_timeout_s, MAX_RING_S - 1))
         u = np.arange(0, horizon + 1, GRID_STEP_S, dtype=np.int64)
-        supply_mean, supply_var = self._supply(snap, u.astype(np.float64) + self._p.connect_deadline_s)
+        # A dial answered within (u - step, u] is given the agents free by the middle of that step
+        # plus the deadline (its answer time is only known to the step).
+        ready_by = np.maximum(u - GRID_STEP_S / 2.0, 0.0) + self._p.connect_deadline_s
+        supply_mean, supply_var = self._supply(snap, ready_by)
         ringing_mean = self._demand(snap, u)
         q = self._live_cum[u]  # a new dial: live answer by u
         p_live = float(self._live_cum[horizon])
