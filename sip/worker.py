@@ -192,8 +192,17 @@ class Worker:
     # -- plumbing --------------------------------------------------------------------------------
 
     def send(self, msg: p._Msg) -> None:
-        """Write one message to the pool (main thread only)."""
-        self.sock.sendall(p.encode(msg))
+        """Write one message to the pool (main thread only); once the pool is gone, drop it.
+
+        A dead pool must not make a callback or the shutdown sequence raise: that could leave a
+        Call alive at libDestroy, which aborts.
+        """
+        if self.eof:
+            return
+        try:
+            self.sock.sendall(p.encode(msg))
+        except OSError:
+            self.eof = True  # the main loop sees it and shuts down
 
     def log(self, level: Literal["debug", "info", "warning", "error"], event: str, detail: str = "") -> None:
         self.send(p.Log(level=level, event=event, detail=detail[-2000:]))
@@ -203,10 +212,7 @@ class Worker:
         try:
             fn(*args)
         except Exception:  # SWIG would swallow it and may keep the Call alive
-            try:
-                self.log("error", "worker_callback_failed", f"{name}: {traceback.format_exc(limit=5)}")
-            except OSError:
-                pass
+            self.log("error", "worker_callback_failed", f"{name}: {traceback.format_exc(limit=5)}")
 
     def read_commands(self, timeout: float) -> list[bytes]:
         """Lines available on the socket within `timeout` seconds."""
@@ -312,6 +318,10 @@ class Worker:
                     self.stopping = True
         except pj.Error as exc:
             error = f"pjsua: {exc.info()}"
+        except Exception as exc:
+            # A bug in one command must not take the other calls of this worker down with it.
+            error = f"internal error: {exc!r}"
+            self.log("error", "worker_command_failed", traceback.format_exc(limit=5))
         self.send(p.Result(seq=cmd.seq, ok=not error, error=error))
 
     def cmd_dial(self, cmd: p.Dial) -> str:
@@ -426,7 +436,7 @@ class Worker:
 
     def hangup(self, leg: Leg) -> None:
         """Hang up a leg (CANCEL while early, BYE when confirmed); its DISCONNECTED follows."""
-        if leg.hangup_at:
+        if leg.hangup_at or leg.call is None:
             return
         leg.hangup_at = time.monotonic()
         leg.hangup_local = True
@@ -711,11 +721,11 @@ class Worker:
             self.collect_dead()
         self.shutdown()
 
-    def shutdown(self) -> None:
+    def shutdown(self, exit_code: int = 0) -> None:
         """hangupAllCalls → wait for DISCONNECTED → drop references → gc → libDestroy → _exit."""
         self.stopping = True
         for dial, _ in self.pending:
-            self.send_safe(p.Failed(call_id=dial.call_id, outcome=Outcome.FAILED, reason="shutdown"))
+            self.send(p.Failed(call_id=dial.call_id, outcome=Outcome.FAILED, reason="shutdown"))
         self.pending.clear()
         for leg in list(self.legs.values()):
             self.hangup(leg)
@@ -737,13 +747,8 @@ class Worker:
             self.sock.close()
         except OSError:
             pass
-        os._exit(0)
+        os._exit(exit_code)
 
-    def send_safe(self, msg: p._Msg) -> None:
-        try:
-            self.send(msg)
-        except OSError:
-            pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -768,9 +773,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         worker.run()
     except (p.ProtocolError, OSError) as exc:
-        worker.send_safe(p.Log(level="error", event="worker_protocol_error", detail=str(exc)))
+        worker.send(p.Log(level="error", event="worker_protocol_error", detail=str(exc)))
         if worker.ep is not None:
-            worker.shutdown()
+            worker.shutdown(exit_code=2)
         os._exit(2)
 
 

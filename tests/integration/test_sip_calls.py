@@ -102,8 +102,9 @@ async def test_never_answered_call_is_cancelled_at_the_ring_timeout_not_before(t
         (invite_at,) = sipp.logged_ticks("invite_at")
         (cancel_at,) = sipp.logged_ticks("cancel_at")
     assert failed == CallFailed("n1", Outcome.NO_ANSWER, 487, "ring_timeout")
-    # Measured at the peer: the CANCEL left no earlier than the configured 15 s.
-    assert cancel_at - invite_at >= 15_000
+    # Measured at the peer: the CANCEL came no earlier than the configured 15 s after the INVITE
+    # (less the few ms by which a loaded peer may log the INVITE later than it was sent).
+    assert cancel_at - invite_at >= 15_000 - 20, (invite_at, cancel_at)
 
 
 @pytest.mark.parametrize(
