@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -110,9 +111,22 @@ class _Worker:
 class SipPool:
     """`Telephony` over a supervised pool of pjsua2 worker processes. Use as `async with SipPool(...)`."""
 
-    def __init__(self, settings: SipSettings, *, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        settings: SipSettings,
+        *,
+        python: str = sys.executable,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`clock` is the epoch clock clearances were minted on and answer times are reported in.
+
+        Production leaves it at `time.time`; a daemon running a lab clock (a moved wall clock, for
+        demos on a loopback trunk) passes that clock so clearances and the 2-second rule agree.
+        `python` runs the workers (`python -m sip.worker`).
+        """
         self.settings = settings
         self._python = python
+        self._clock = clock
         self._handler: EventHandler | None = None
         self._workers: dict[int, _Worker] = {}
         self._calls: dict[str, _Worker] = {}
@@ -214,7 +228,7 @@ class SipPool:
         Raises `ClearanceError` when the clearance does not cover the request at the moment of the
         INVITE, and `TelephonyError` when the request is invalid or no worker has room.
         """
-        clearance.verify(request.number, request.campaign, time.time())
+        clearance.verify(request.number, request.campaign, self._clock())
         if self._handler is None:
             raise TelephonyError("start(handler) must be called before originate")
         if self._closing:
@@ -244,7 +258,7 @@ class SipPool:
             self._pacing -= 1
         worker = self._pick()
         # Checked again immediately before the INVITE: pacing may have made the clearance stale.
-        clearance.verify(request.number, request.campaign, time.time())
+        clearance.verify(request.number, request.campaign, self._clock())
         self._calls[request.call_id] = worker
         worker.calls.add(request.call_id)
         worker.legs += self.settings.legs_per_call
@@ -408,7 +422,9 @@ class SipPool:
                 log.info(
                     "call_answered", call_id=msg.call_id, kind=msg.kind.value, amd_ms=amd_ms, amd=msg.reason
                 )
-                self._deliver(CallAnswered(msg.call_id, msg.kind, msg.answered_at))
+                # The worker stamps the 200 OK with the real epoch; report it on our clock.
+                answered_at = msg.answered_at + (self._clock() - time.time())
+                self._deliver(CallAnswered(msg.call_id, msg.kind, answered_at))
             case p.Dtmf():
                 self._deliver(DtmfReceived(msg.call_id, msg.digit))
             case p.PlaybackDone():

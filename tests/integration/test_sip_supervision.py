@@ -202,3 +202,22 @@ async def test_close_drains_then_hangs_up_what_is_left_once(tmp_path: Path) -> N
     assert 0.5 <= closed_after < 5.0
     assert [type(e) for e in events.of("z1")] == [CallRinging, CallAnswered, CallEnded]
     assert events.of("z1")[-1] == CallEnded("z1", hangup_by="local")
+
+
+async def test_a_lab_clock_governs_clearances_and_answer_times(tmp_path: Path) -> None:
+    def lab_clock() -> float:
+        return time.time() - 3600.0  # a demo running an hour in the past
+
+    events = EventRecorder()
+    with running_sipp("uas_ring_answer.xml", tmp_path) as sipp:
+        async with SipPool(loopback_settings(sipp.host), clock=lab_clock) as pool:
+            pool.start(events)
+            req = request("l1", detect_machine=False)
+            with pytest.raises(ClearanceError, match="stale"):  # minted on the real clock
+                await pool.originate(mint_clearance(req.number, req.campaign, time.time()), req)
+            await pool.originate(mint_clearance(req.number, req.campaign, lab_clock()), req)
+            answered = await events.wait_for("l1", CallAnswered)
+            assert abs(lab_clock() - answered.answered_at) < 1.0
+            await pool.hangup("l1")
+            await events.wait_terminal("l1")
+            assert await sipp.finished() == 0, sipp.errors()
