@@ -296,7 +296,12 @@ class Worker:
             if self.cfg is not None:
                 self.send(p.Result(seq=cmd.seq, ok=False, error="already configured"))
                 return
-            self.configure(cmd)
+            try:
+                self.configure(cmd)
+            except pj.Error as exc:
+                # Typically a port already taken. No Call exists yet, so leaving at once is safe.
+                self.send(p.Result(seq=cmd.seq, ok=False, error=f"pjsua: {exc.info()}"))
+                os._exit(2)
             self.send(p.Result(seq=cmd.seq, ok=True))
             return
         if self.cfg is None:

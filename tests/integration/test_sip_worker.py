@@ -103,3 +103,13 @@ def test_a_command_before_configure_is_a_protocol_error(worker: _Worker) -> None
     event = worker.receive()
     assert isinstance(event, p.Log) and event.detail == "ping before configure"
     assert worker.proc.wait(timeout=5) == 2
+
+
+def test_a_sip_port_already_taken_is_reported_before_exit(worker: _Worker) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        worker.send(p.Configure(**{**_configure().model_dump(), "sip_port": taken.getsockname()[1]}))
+        result = next(worker.results())
+    assert not result.ok and result.error.startswith("pjsua: ")
+    assert "Address already in use" in result.error
+    assert worker.proc.wait(timeout=5) == 2
