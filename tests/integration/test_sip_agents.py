@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dialer.outcomes import AnswerKind
@@ -13,11 +14,13 @@ from dialer.telephony import (
     AgentTarget,
     CallAnswered,
     CallEnded,
+    DtmfReceived,
+    PlaybackFinished,
     TransferMode,
 )
 from sip.pool import SipPool
 from tests.integration.sip_helpers import dial, loopback_settings, request
-from tests.support.audio import human_answer
+from tests.support.audio import human_answer, tone, write_wav
 from tests.support.rtp_pcap import write_rtp_pcap
 from tests.support.sipp import EventRecorder, running_sipp
 
@@ -104,3 +107,29 @@ async def test_refused_refer_reports_failure_and_keeps_the_call(tmp_path: Path) 
             assert await events.wait_terminal("x2") == CallEnded("x2", hangup_by="local")
             assert await peer.finished() == 0, peer.errors()
     assert failed == AgentConnectFailed("x2", "queue", "refer_603")
+
+
+async def test_robocall_key_1_during_the_message_bridges_the_listener_to_an_agent(tmp_path: Path) -> None:
+    message = write_wav(tmp_path / "message.wav", (tone(300.0, 6.0) * 4000).astype(np.int16))
+    events = EventRecorder()
+    with (
+        running_sipp("uas_dtmf.xml", tmp_path) as listener,
+        running_sipp("uas_agent.xml", tmp_path, rtp_echo=True) as agent,
+    ):
+        async with SipPool(loopback_settings(listener.host)) as pool:
+            pool.start(events)
+            await dial(pool, request("rc1", detect_machine=False))
+            await events.wait_for("rc1", CallAnswered)
+            await pool.play("rc1", str(message))
+            key = await events.wait_for("rc1", DtmfReceived)
+            assert key.digit == "1"
+            alice = AgentTarget("alice", f"sip:alice@{agent.host}")
+            await pool.connect_agent("rc1", alice, TransferMode.BRIDGE)
+            assert await events.wait_for("rc1", AgentConnected) == AgentConnected("rc1", "alice")
+            await events.wait_count("rc1", DtmfReceived, 3)  # the listener's later keys still arrive
+            await pool.hangup("rc1")
+            assert await events.wait_terminal("rc1") == CallEnded("rc1", hangup_by="local")
+            assert await listener.finished() == 0, listener.errors()
+            assert await agent.finished() == 0, agent.errors()
+    # The message stopped when the bridge took over: it never reached its end.
+    assert not any(isinstance(e, PlaybackFinished) for e in events.of("rc1"))
