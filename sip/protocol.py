@@ -245,7 +245,8 @@ def _decode(adapter: TypeAdapter[T], line: bytes, what: str) -> T:
             version = first["input"]
             raise ProtocolError(f"{what} has protocol version {version!r}, expected {VERSION}") from None
         where = ".".join(str(p) for p in first["loc"]) or "(message)"
-        text = line[:120].decode(errors="replace").rstrip()
+        # Quote the start of the line for debugging, but never a credential (Configure carries one).
+        text = "(redacted)" if b'"password"' in line else line[:120].decode(errors="replace").rstrip()
         raise ProtocolError(f"invalid {what}: {where}: {first['msg']} in {text!r}") from None
 
 

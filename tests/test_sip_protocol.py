@@ -66,3 +66,11 @@ def test_field_constraints_are_checked() -> None:
         p.decode_command(
             b'{"v":1,"type":"dial","seq":1,"call_id":"x","uri":"sip:a@b","from_uri":"sip:c@d","ring_timeout_s":0}'
         )
+
+
+def test_a_rejected_configure_never_quotes_the_password() -> None:
+    line = b'{"v":1,"type":"configure","seq":0,"password":"hunter2","worker_index":-1}'
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode_command(line)
+    assert "hunter2" not in str(info.value)
+    assert "(redacted)" in str(info.value)
