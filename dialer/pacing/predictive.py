@@ -86,13 +86,13 @@ class PredictiveParams(PolicyParams):
         4.0, gt=0, description="weight of that prior, in predicted abandons"
     )
     bias_lives: float = Field(
-        1500.0, gt=0, description="live answers over which real and predicted abandons are compared"
+        1000.0, gt=0, description="live answers over which real and predicted abandons are compared"
     )
     payback: float = Field(
         1.0, ge=0, le=10, description="how fast a window over (under) its budget lowers (raises) the goal"
     )
     margin_z: float = Field(
-        1.5, ge=0, le=5,
+        2.0, ge=0, le=5,
         description="std-devs of sampling noise kept under the limit while the window is young"
     )
     connect_deadline_s: float = Field(
@@ -102,8 +102,12 @@ class PredictiveParams(PolicyParams):
     min_handles: int = Field(30, ge=1, description="completed calls seen before leaving progressive")
     min_attempts: int = Field(100, ge=1, description="resolved dial attempts seen before leaving progressive")
     min_live_answers: int = Field(30, ge=1, description="live answers seen before leaving progressive")
-    half_life_s: float = Field(
-        1800.0, gt=0, description="seconds after which an observation weighs half (tracks a drifting list)"
+    handles_half_life_s: float = Field(
+        900.0, gt=0, description="seconds after which a talk/wrap-up time weighs half (talk times drift)"
+    )
+    attempts_half_life_s: float = Field(
+        180.0, gt=0,
+        description="seconds after which a dial outcome weighs half (a list's answer rate can jump)",
     )
     min_effective_handles: float = Field(150.0, gt=0, description="never forget below this many handles")
     min_effective_attempts: float = Field(400.0, gt=0, description="never forget below this many attempts")
@@ -356,12 +360,13 @@ class PredictivePolicy(PacingPolicy):
         dt = 0.0 if self._last_now is None else max(0.0, snap.now - self._last_now)
         self._last_now = snap.now
         if dt > 0:
-            factor = 0.5 ** (dt / p.half_life_s)
             # Talk and wrap come from the same handles, ring tables from the same attempts: each pair
             # shares one factor so that their ratios stay unbiased.
+            factor = 0.5 ** (dt / p.handles_half_life_s)
             handles = _forgetting(factor, self._talk.mass, p.min_effective_handles)
             self._talk.scale(handles)
             self._wrap.scale(handles)
+            factor = 0.5 ** (dt / p.attempts_half_life_s)
             attempts = _forgetting(factor, self._ring_all.mass, p.min_effective_attempts)
             self._ring_all.scale(attempts)
             self._ring_live.scale(attempts)
