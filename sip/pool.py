@@ -131,11 +131,10 @@ class SipPool:
         self._workers: dict[int, _Worker] = {}
         self._calls: dict[str, _Worker] = {}
         self._pacer = _Pacer(settings.trunk_cps)
-        self._tasks: set[asyncio.Task[None]] = set()
         self._supervisors: list[asyncio.Task[None]] = []
         self._first_ready: dict[int, asyncio.Future[None]] = {}
         self._closing = False
-        self._closed = asyncio.Event()
+        self._closing_event = asyncio.Event()  # wakes supervisors sleeping off a restart backoff
         self._close_task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -187,6 +186,7 @@ class SipPool:
 
     async def _close(self) -> None:
         self._closing = True
+        self._closing_event.set()
         if self._calls and self.settings.drain_timeout_s > 0:
             log.info("sip_pool_draining", calls=len(self._calls))
             with contextlib.suppress(TimeoutError):
@@ -203,7 +203,6 @@ class SipPool:
             for task in pending:
                 task.cancel()
         await asyncio.gather(*self._supervisors, return_exceptions=True)
-        self._closed.set()
         log.info("sip_pool_closed", restarts=self.restarts)
 
     # -- Telephony -------------------------------------------------------------------------------
@@ -606,6 +605,8 @@ class SipPool:
                 if not first.done():
                     first.set_result(None)
                 log.info("sip_worker_ready", worker=index, pid=worker.pid, sip_port=worker.sip_port)
+                if self._closing:  # came up while the pool was closing: it missed the Shutdown
+                    worker.writer.write(p.encode(p.Shutdown(seq=self._next_seq(worker))))
                 await self._run_worker(worker)
                 if self._closing:
                     return
@@ -614,5 +615,6 @@ class SipPool:
                 if lived > STABLE_AFTER_S:
                     backoff = self.settings.restart_backoff_initial_s
                 self.restarts += 1
-            await asyncio.sleep(backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing_event.wait(), backoff)
             backoff = min(backoff * 2, self.settings.restart_backoff_max_s)
