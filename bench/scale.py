@@ -385,7 +385,7 @@ def _call_ids(node: str) -> Any:
 def table(r: dict[str, Any]) -> str:
     rows = [
         ("nodes x agents", f"{r['nodes']} x {r['agents_per_node']}"),
-        ("simulated time", f"{r['simulated_hours']} h ({r['scenario']}, {r['policy']})"),
+        ("simulated time", f"{r['simulated_hours']:.3g} h ({r['scenario']}, {r['policy']})"),
         ("wall time", f"{r['wall_s']} s ({r['speed_x_real_time']}x real time)"),
         ("dials / live answers / abandons", f"{r['dials']} / {r['live_answers']} / {r['abandons']}"),
         ("claims per simulated s", f"{r['claims_per_sim_s']}"),
