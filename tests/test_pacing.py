@@ -375,8 +375,10 @@ def test_predictive_counts_agents_finishing_wrap_up() -> None:
 def test_predictive_discounts_calls_that_rang_past_the_answers() -> None:
     views = agents(ready=5)
     window = (5000, 100)
-    fresh = trained().dial_count(snap(now=1.0, agent_views=views, ringing=[1.0] * 12, window=window))
-    stale = trained().dial_count(snap(now=1.0, agent_views=views, ringing=[20.0] * 12, window=window))
+    fresh = trained(alpha_initial=0.02).dial_count(snap(now=1.0, agent_views=views, ringing=[1.0] * 12,
+                                                        window=window))
+    stale = trained(alpha_initial=0.02).dial_count(snap(now=1.0, agent_views=views, ringing=[20.0] * 12,
+                                                        window=window))
     # Calls still ringing after 20 s will not be answered live (all lives ring <= 14 s).
     assert stale > fresh + 5
 
@@ -450,7 +452,7 @@ def test_predictive_follows_a_drifting_answer_rate() -> None:
 
 
 def test_predictive_handles_a_large_campaign() -> None:
-    policy = trained(p_live=0.10)
+    policy = trained(p_live=0.10, alpha_initial=0.02)
     talking = [float(i % 300) for i in range(170)]
     views = agents(ready=5, talking=talking, wrap=[float(i % 15) for i in range(25)])
     ringing = [float(i % 25) for i in range(150)]

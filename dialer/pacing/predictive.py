@@ -58,6 +58,7 @@ VARIANCE_FLOOR = 0.05  # keeps the supply's normal defined when every agent's st
 CENSOR_REFRESH_S = 10.0  # how often calls in progress are folded into the talk-time curve
 TABLE_REFRESH_S = 5.0  # the talk-time curve is rebuilt at most this often (it moves slowly)
 COARSE_STEPS = 8  # candidates per vectorised pass of the search for n
+MAX_ALPHA_RISE = 0.05  # largest rise of log α per decision (a 5 % larger α)
 GRID_STEP_S = 2  # time resolution of the horizon
 POISSON_MAX_MEAN = 25.0  # above this many expected answers a normal replaces the Poisson sum
 _LOG_FACT = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, 20001)))])  # log(k!) for k <= 20000
@@ -69,7 +70,7 @@ class PredictiveParams(PolicyParams):
     """Knobs of the `predictive` policy. The defaults are the one configuration benchmarked."""
 
     alpha_initial: float = Field(
-        0.01, gt=0, lt=1, description="starting marginal abandon probability allowed for the last dial"
+        0.005, gt=0, lt=1, description="starting marginal abandon probability allowed for the last dial"
     )
     alpha_min: float = Field(1e-4, gt=0, lt=1, description="lower bound of the controller's α")
     alpha_max: float = Field(0.5, gt=0, lt=1, description="upper bound of the controller's α")
@@ -429,6 +430,8 @@ class PredictivePolicy(PacingPolicy):
         wanted = self.goal / self.bias
         error = max(-2.0, min(2.0, (wanted - predicted_rate) / wanted))
         step = p.inner_gain * error * min(1.0, predicted_lives / p.inner_lives)
+        # Ease off at once, speed up gradually: one big batch at a too-high α is an abandon burst.
+        step = min(step, MAX_ALPHA_RISE)
         self.log_alpha = max(math.log(p.alpha_min), min(math.log(p.alpha_max), self.log_alpha + step))
 
     def _refresh_tables(self, now: float) -> None:
