@@ -93,6 +93,30 @@ end
 return table.concat(out, ',')
 """
 
+NANP_SCRIPT: Final = r"""#!lua flags=no-writes
+-- The common case in one lean call: NANP numbers of one campaign against national registries only.
+-- ARGV[1]: internal list key; ARGV[2]: campaign list key; ARGV[3]: R, the number of registries;
+-- ARGV[4 .. 3+R]: registry key prefixes (key = prefix .. NPA); then the E.164 numbers (+1NPANXXXXXX).
+-- Same reply as LOOKUP_SCRIPT for that shape: per number, the two list flags, then per registry the
+-- sentinel, as-of day and the number's bit from one BITFIELD_RO.
+local r = tonumber(ARGV[3])
+local numbers = {}
+for i = 4 + r, #ARGV do numbers[#numbers + 1] = ARGV[i] end
+local internal = redis.call('SMISMEMBER', ARGV[1], unpack(numbers))
+local listed = redis.call('SMISMEMBER', ARGV[2], unpack(numbers))
+local out, n = {}, 0
+for i = 1, #numbers do
+  local num = numbers[i]
+  local npa, loc = string.sub(num, 3, 5), string.sub(num, 6)
+  out[n + 1] = internal[i]; out[n + 2] = listed[i]; n = n + 2
+  for j = 4, 3 + r do
+    local v = redis.call('BITFIELD_RO', ARGV[j] .. npa, 'GET', 'u1', 0, 'GET', 'u32', 32, 'GET', 'u1', loc)
+    out[n + 1] = v[1]; out[n + 2] = v[2]; out[n + 3] = v[3]; n = n + 3
+  end
+end
+return table.concat(out, ',')
+"""
+
 _REPLY_WIDTH: Final = {RegistryKind.NATIONAL: 3, RegistryKind.STATE: 5, RegistryKind.INTL: 5}
 """Reply values per registry lookup (see the script): B, plus S and C (state) or S and H (intl)."""
 CHUNK: Final = 250
@@ -119,7 +143,7 @@ class _Shape:
     protect: bool
     width: int
     campaign_key: str  # the campaign list's Redis key
-    bitmap_prefixes: tuple[str, ...]  # national-registries-only shape: "\tB\t<key without NPA>"; else ()
+    bitmap_prefixes: tuple[str, ...]  # common shape (NANP, national registries only): keys minus NPA
 
 
 _HoursMemo = dict[tuple[str, str, str | None, tuple[str, ...]], HoursVerdict]
@@ -129,7 +153,7 @@ _HoursMemo = dict[tuple[str, str, str | None, tuple[str, ...]], HoursVerdict]
 class _Plan:
     """The lookups one candidate needs, and where their replies start in the flat reply."""
 
-    __slots__ = ("campaign", "candidate", "info", "shape", "start")
+    __slots__ = ("campaign", "candidate", "group", "info", "shape", "start")
 
     def __init__(self, candidate: DialCandidate, campaign: CampaignConfig, info: NumberInfo,
                  shape: _Shape) -> None:
@@ -137,7 +161,8 @@ class _Plan:
         self.campaign = campaign
         self.info = info
         self.shape = shape
-        self.start = 0
+        self.group = 0  # which script call of the batch reads this plan's keys
+        self.start = 0  # where its values start in that call's reply
 
 
 class ComplianceGate:
@@ -159,6 +184,7 @@ class ComplianceGate:
         self._campaigns: dict[str, CampaignConfig] = {}
         self._shapes: dict[tuple[str, str], _Shape | Blocked] = {}
         self._script = redis.register_script(LOOKUP_SCRIPT)
+        self._nanp_script = redis.register_script(NANP_SCRIPT)
         self._warned: set[tuple[str, int, int]] = set()
         self._as_of: dict[str, dict[int, int]] = {}
         self.set_campaigns(campaigns)
@@ -195,27 +221,49 @@ class ComplianceGate:
     async def _check_batch(self, candidates: Sequence[DialCandidate], now: float,
                            guaranteed_agent: bool) -> list[Verdict]:
         results: list[Blocked | _Plan] = []
-        argv: list[str] = []
-        width = 0
         hours_memo: _HoursMemo = {}
+        # Script calls of this batch: one NANP_SCRIPT call per (campaign, registries) of the common
+        # shape, one LOOKUP_SCRIPT call for everything else; each call's values and expected width.
+        groups: dict[tuple[str, tuple[str, ...]], int] = {}
+        calls: list[tuple[bool, list[str]]] = []
+        widths: list[int] = []
+        generic = -1
         for cand in candidates:
             try:
                 item = self._plan(cand, now, hours_memo)
                 if isinstance(item, _Plan):
-                    item.start = width
-                    width += item.shape.width
-                    argv.append(self._ops(item))
+                    shape = item.shape
+                    if shape.bitmap_prefixes:
+                        key = (shape.campaign_key, shape.bitmap_prefixes)
+                        if key not in groups:
+                            groups[key] = len(calls)
+                            calls.append((True, [self.keys.internal, shape.campaign_key,
+                                                 str(len(shape.bitmap_prefixes)), *shape.bitmap_prefixes]))
+                            widths.append(0)
+                        item.group = groups[key]
+                        calls[item.group][1].append(item.info.e164)
+                    else:
+                        if generic < 0:
+                            generic = len(calls)
+                            calls.append((False, [self.keys.internal]))
+                            widths.append(0)
+                        item.group = generic
+                        calls[generic][1].append(self._ops(item))
+                    item.start = widths[item.group]
+                    widths[item.group] += shape.width
                 results.append(item)
             except Exception as exc:
                 results.append(self._internal_error(cand, exc))
-        reply: list[int] = []
-        if argv:
+        replies: list[list[int]] = []
+        if calls:
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    raw = await self._script(keys=[], args=[self.keys.internal, *argv])
-                reply = [int(x) for x in raw.split(b",")] if raw else []
-                if len(reply) != width:
-                    raise ComplianceError(f"lookup returned {len(reply)} values, expected {width}")
+                    raws = await self._lookup(calls)
+                for raw, width in zip(raws, widths, strict=True):
+                    reply = [int(x) for x in raw.split(b",")] if raw else []
+                    if len(reply) != width:
+                        raise ComplianceError(f"lookup returned {len(reply)} values, expected {width}")
+                    replies.append(reply)
             except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
                 return self._fail_all(results, BlockReason.STORE_UNAVAILABLE,
                                       f"redis: {type(exc).__name__}: {exc}")
@@ -227,10 +275,22 @@ class ComplianceGate:
                 verdicts.append(item)
                 continue
             try:
-                verdicts.append(self._decide(item, reply, now, guaranteed_agent))
+                verdicts.append(self._decide(item, replies[item.group], now, guaranteed_agent))
             except Exception as exc:
                 verdicts.append(self._internal_error(item.candidate, exc))
         return verdicts
+
+    async def _lookup(self, calls: list[tuple[bool, list[str]]]) -> list[bytes]:
+        """Run the batch's script calls: one directly, several in one pipelined round trip."""
+        if len(calls) == 1:
+            nanp, args = calls[0]
+            raw: bytes = await (self._nanp_script if nanp else self._script)(keys=[], args=args)
+            return [raw]
+        pipe = self.redis.pipeline(transaction=False)
+        for nanp, args in calls:
+            await (self._nanp_script if nanp else self._script)(keys=[], args=args, client=pipe)
+        raws: list[bytes] = await pipe.execute()
+        return raws
 
     # Planning: everything that needs no Redis -------------------------------------------------
 
@@ -253,11 +313,10 @@ class ComplianceGate:
             protect = rule_pack(campaign.rule_pack).abandon_protection_s > 0
             width = 2 + sum(_REPLY_WIDTH[kind] for _, kind in regs) + int(protect)
             campaign_key = self.keys.campaign(campaign.name)
-            # The common shape, a NANP number against national registries only, gets a ready-made
-            # request template: building it is most of the client's cost per check.
+            # The common shape, a NANP number against national registries only, goes to the lean
+            # NANP_SCRIPT: the client sends the number alone, Redis derives the keys.
             simple = nanp and not protect and all(kind is RegistryKind.NATIONAL for _, kind in regs)
-            prefixes = tuple(f"\tB\t{self.keys.registry(name, 0)[:-1]}" for name, _ in regs) if simple \
-                else ()
+            prefixes = tuple(self.keys.registry(name, 0)[:-1] for name, _ in regs) if simple else ()
             shape = (Blocked(BlockReason.GATE_ERROR, f"registry {wrong[0]} cannot hold {region} numbers")
                      if wrong else _Shape(regs, protect, width, campaign_key, prefixes))
         self._shapes[cache_key] = shape
@@ -294,9 +353,6 @@ class ComplianceGate:
         info, shape = plan.info, plan.shape
         e164 = info.e164
         head = f"{e164}\t{shape.campaign_key}"
-        if shape.bitmap_prefixes:
-            tail = f"{info.npa}\t{info.local}"
-            return head + "".join(prefix + tail for prefix in shape.bitmap_prefixes)
         k = self.keys
         parts = [head]
         for reg, kind in shape.registries:

@@ -322,3 +322,30 @@ async def test_reload_racing_a_stream_of_checks_never_sees_a_partial_list(
     # The last load (i = 5) was v1.
     final = await gate_for(client).check_many(cands, NOW)
     assert [reason(v) for v in final] == v1_view
+
+
+async def test_one_batch_mixing_campaigns_and_shapes(client: aioredis.Redis, tmp_path: Path) -> None:
+    # Common-shape candidates of two campaigns and a state-list campaign and a UK campaign in one
+    # batch: several script calls in one pipelined round trip, verdicts back in order.
+    await load(client, tmp_path, "us-national", "2125550123", "2155550100")
+    await load(client, tmp_path, "state-PA", "2155550101")
+    write_lines(tmp_path / "tps.txt", "+447911000001")
+    await RegistryLoader(client).load("uk-tps", [tmp_path / "tps.txt"], as_of=days_ago(2), now=NOW)
+    await DncLists(client).add(CLEAN, campaign="b")
+    gate = gate_for(client, campaign("a"), campaign("b"), campaign("uk", rule_pack="uk"),
+                    campaign("pa", dnc={"registries": {"US": ["us-national", "state-PA"]}}))
+    cases = [
+        (DialCandidate(CLEAN, "a"), None),
+        (DialCandidate(CLEAN, "b"), BlockReason.DNC_CAMPAIGN),
+        (DialCandidate("+447911000001", "uk"), BlockReason.DNC_NATIONAL),
+        (DialCandidate("+12155550101", "pa"), BlockReason.DNC_STATE),
+        (DialCandidate("+12155550101", "a"), None),
+        (DialCandidate(LISTED, "uk"), BlockReason.DNC_NATIONAL),
+        (DialCandidate("+447911000002", "uk"), None),
+        (DialCandidate(LISTED, "b"), BlockReason.DNC_NATIONAL),
+    ]
+    verdicts = await gate.check_many([c for c, _ in cases], NOW)
+    assert [reason(v) for v in verdicts] == [r for _, r in cases]
+    for (cand, _), v in zip(cases, verdicts, strict=True):
+        if isinstance(v, Clearance):
+            v.verify(cand.number, cand.campaign, NOW)
