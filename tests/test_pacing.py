@@ -460,3 +460,14 @@ def test_predictive_handles_a_large_campaign() -> None:
     n = policy.dial_count(s)
     # Dozens of agents free up within the horizon; 150 calls already ring for them.
     assert 0 < n <= 400 - 150
+
+
+def test_predictive_guards_against_a_sudden_rise_in_answers() -> None:
+    calm, surged = trained(p_live=0.10), trained(p_live=0.10)
+    lives = [AttemptResult(Outcome.LIVE, 8.0), AttemptResult(Outcome.NO_ANSWER, 25.0)] * 60
+    surged.observe(snap(now=0.5, attempts=lives, window=(5000, 125)))  # half the last dials answered
+    views = agents(ready=10)
+    assert surged._surge() > 1.5
+    assert calm._surge() == 1.0
+    s = snap(now=1.0, agent_views=views, window=(5000, 125))
+    assert surged.dial_count(s) < calm.dial_count(s)

@@ -59,6 +59,8 @@ CENSOR_REFRESH_S = 10.0  # how often calls in progress are folded into the talk-
 TABLE_REFRESH_S = 5.0  # the talk-time curve is rebuilt at most this often (it moves slowly)
 COARSE_STEPS = 8  # candidates per vectorised pass of the search for n
 MAX_ALPHA_RISE = 0.05  # largest rise of log α per decision (a 5 % larger α)
+SURGE_ATTEMPTS = 60.0  # dial outcomes in the recent answer rate that guards against sudden rises
+MAX_SURGE = 3.0
 GRID_STEP_S = 2  # time resolution of the horizon
 POISSON_MAX_MEAN = 25.0  # above this many expected answers a normal replaces the Poisson sum
 _LOG_FACT = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, 20001)))])  # log(k!) for k <= 20000
@@ -93,7 +95,7 @@ class PredictiveParams(PolicyParams):
         1.0, ge=0, le=10, description="how fast a window over (under) its budget lowers (raises) the goal"
     )
     margin_z: float = Field(
-        2.0, ge=0, le=5,
+        2.6, ge=0, le=5,
         description="std-devs of sampling noise kept under the limit while the window is young"
     )
     connect_deadline_s: float = Field(
@@ -111,7 +113,7 @@ class PredictiveParams(PolicyParams):
         description="seconds after which a dial outcome weighs half (a list's answer rate can jump)",
     )
     min_effective_handles: float = Field(150.0, gt=0, description="never forget below this many handles")
-    min_effective_attempts: float = Field(400.0, gt=0, description="never forget below this many attempts")
+    min_effective_attempts: float = Field(150.0, gt=0, description="never forget below this many attempts")
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> PredictiveParams:
@@ -321,6 +323,8 @@ class PredictivePolicy(PacingPolicy):
     _ring_live: _Decayed = field(default_factory=lambda: _Decayed(MAX_RING_S + 1))
     _in_progress: FloatArray = field(default_factory=lambda: np.zeros(MAX_HANDLE_S + 1))
     _censored_at: float = -math.inf
+    _recent_attempts: float = 0.0  # the last ~SURGE_ATTEMPTS dial outcomes (decayed)
+    _recent_lives: float = 0.0
     _talk_built_at: float = -math.inf
     _wrap_built_at: float = -math.inf
     # Derived tables, rebuilt when the histograms change.
@@ -375,10 +379,14 @@ class PredictivePolicy(PacingPolicy):
             self._talk.add(handle.talk_s)
             self._wrap.add(handle.wrap_s)
             self._handles_seen += 1
+        keep = math.exp(-1.0 / SURGE_ATTEMPTS)
         for attempt in snap.new_attempts:
             self._ring_all.add(attempt.ring_s)
             self._attempts_seen += 1
-            if attempt.outcome.is_live:
+            live = attempt.outcome.is_live
+            self._recent_attempts = self._recent_attempts * keep + 1.0
+            self._recent_lives = self._recent_lives * keep + live
+            if live:
                 self._ring_live.add(attempt.ring_s)
                 self._lives_seen += 1
         if snap.now - self._censored_at >= CENSOR_REFRESH_S:
@@ -415,7 +423,7 @@ class PredictivePolicy(PacingPolicy):
         rate = max(0.2 * target, min(target, limit - p.margin_z * noise))
         allowed = rate * answers
         balance = (allowed - abandons) / max(allowed, 3.0)
-        self.goal = rate * min(1.5, max(0.1, 1.0 + p.payback * balance))
+        self.goal = rate * min(1.25, max(0.1, 1.0 + p.payback * balance))
 
     def _steer(self, n: int, predicted_abandons: float, predicted_lives: float) -> None:
         """Inner loop: move α until the model's expected abandon rate of the dials meets the goal."""
@@ -469,9 +477,10 @@ class PredictivePolicy(PacingPolicy):
         # plus the deadline (its answer time is only known to the step).
         ready_by = np.maximum(u - GRID_STEP_S / 2.0, 0.0) + self._p.connect_deadline_s
         supply_mean, supply_var = self._supply(snap, ready_by)
-        ringing_mean = self._demand(snap, u)
-        q = self._live_cum[u]  # a new dial: live answer by u
-        p_live = float(self._live_cum[horizon])
+        surge = self._surge()
+        ringing_mean = self._demand(snap, u) * surge
+        q = np.minimum(self._live_cum[u] * surge, 1.0)  # a new dial: live answer by u
+        p_live = float(min(self._live_cum[horizon] * surge, 1.0))
         if p_live <= 0:
             return progressive_count(snap)
         pool = _Pool(supply_mean, supply_var + VARIANCE_FLOOR, float(snap.waiting), ringing_mean, q,
@@ -484,6 +493,22 @@ class PredictivePolicy(PacingPolicy):
         if n > 0:
             self._steer(n, n * p_live * mean_marginal, n * p_live)
         return n
+
+    def _surge(self) -> float:
+        """Factor by which the answer rate of the last dials significantly exceeds the learnt one.
+
+        The learnt rate forgets in minutes; when a list suddenly answers more (the shifting day
+        goes from 0.10 to 0.30), those minutes would be paid in abandons. Only a rise beyond two
+        standard errors of the recent share counts, so ordinary noise costs nothing.
+        """
+        n = self._recent_attempts
+        total = self._ring_all.mass
+        if n < 10.0 or total <= 0:
+            return 1.0
+        learnt = self._ring_live.mass / total
+        recent = self._recent_lives / n
+        floor = recent - 2.0 * math.sqrt(recent * (1.0 - recent) / n)
+        return 1.0 if learnt <= 0 else min(MAX_SURGE, max(1.0, floor / learnt))
 
     def _supply(self, snap: PacingSnapshot, at_s: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Mean and variance of the agents free by each time in `at_s` (seconds from now)."""
