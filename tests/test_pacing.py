@@ -471,3 +471,42 @@ def test_predictive_guards_against_a_sudden_rise_in_answers() -> None:
     assert calm._surge() == 1.0
     s = snap(now=1.0, agent_views=views, window=(5000, 125))
     assert surged.dial_count(s) < calm.dial_count(s)
+
+
+def test_issabel_counts_machines_as_answers_only_when_asked() -> None:
+    attempts = [AttemptResult(Outcome.LIVE, 8.0)] * 2 + [AttemptResult(Outcome.MACHINE, 15.0)] * 2 + [
+        AttemptResult(Outcome.NO_ANSWER, 25.0)] * 6
+    humans = make_policy("issabel")
+    machines = make_policy("issabel", {"count_machines_as_answered": True})
+    for policy in (humans, machines):
+        policy.observe(snap(now=0.0, attempts=attempts))
+    views = agents(ready=2)
+    assert humans.dial_count(snap(now=1.0, agent_views=views)) == 10  # 2 / max(0.2, 0.2)
+    assert machines.dial_count(snap(now=1.0, agent_views=views)) == 5  # 2 / 0.4
+
+
+def test_predictive_longer_connect_deadline_allows_more_dials() -> None:
+    views = agents(ready=1, wrap=[2.0] * 8)  # free at 13 s, when many live answers come
+    window = (5000, 125)
+    tight = trained(connect_deadline_s=0.5).dial_count(snap(now=1.0, agent_views=views, window=window))
+    loose = trained(connect_deadline_s=5.0).dial_count(snap(now=1.0, agent_views=views, window=window))
+    assert tight < loose
+
+
+def test_predictive_warm_up_thresholds_are_knobs() -> None:
+    handles, attempts = training(n_handles=40, n_attempts=200)
+    eager = make_policy("predictive", {"min_handles": 10, "min_attempts": 50, "min_live_answers": 5})
+    patient = make_policy("predictive", {"min_handles": 100})
+    for policy in (eager, patient):
+        assert isinstance(policy, PredictivePolicy)
+        policy.observe(snap(now=0.0, handles=handles, attempts=attempts))
+    assert isinstance(eager, PredictivePolicy) and eager.warmed_up
+    assert isinstance(patient, PredictivePolicy) and not patient.warmed_up
+
+
+def test_predictive_payback_scales_the_goal_correction() -> None:
+    strict, lenient = trained(payback=2.0), trained(payback=0.0)
+    window = (4000, 150)  # over budget
+    steer(strict, window, ticks=2)
+    steer(lenient, window, ticks=2)
+    assert strict.goal < lenient.goal
