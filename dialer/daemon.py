@@ -196,7 +196,7 @@ async def open_telephony(config: DaemonConfig, simulate: Path | None, clock: Cal
         return world, close_world
     from sip.pool import SipPool
 
-    pool = SipPool(config.sip)
+    pool = SipPool(config.sip, clock=clock)
     await pool.open()
     return pool, pool.close
 
