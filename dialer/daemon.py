@@ -35,7 +35,7 @@ from redis.backoff import ExponentialBackoff
 from dialer.agent_registry import DEFAULT_LEASE_S as AGENT_LEASE_S
 from dialer.agent_registry import AgentRegistry
 from dialer.agents import AgentPool
-from dialer.compliance.abandon import RedisAbandonLedger
+from dialer.compliance.abandon import AbandonProtection, RedisAbandonLedger
 from dialer.compliance.checker import ComplianceGate
 from dialer.compliance.dnc import DncLists, OptOutRecorder, registry_status
 from dialer.compliance.rules import DEFAULT_REGISTRIES, abandon_policy
@@ -291,7 +291,8 @@ class Daemon:
         dnc = DncLists(redis)
         ledger = RedisAbandonLedger(redis, {name: abandon_policy(c) for name, c in campaigns.items()})
         engine = Engine(campaigns, agents=agents, leads=leads, gate=gate, telephony=telephony, abandon=ledger,
-                        opt_out=OptOutRecorder(dnc), clock=clock, metrics=metrics,
+                        opt_out=OptOutRecorder(dnc), protection=AbandonProtection(redis), clock=clock,
+                        metrics=metrics,
                         call_ids=node_call_ids(leads.node_id, clock))
         svc = Services(self.config_path, config, campaigns, registry, metrics, redis, agents, leads, gate,
                        dnc, ledger, engine, telephony)

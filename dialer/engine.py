@@ -86,6 +86,14 @@ def check_pools(campaigns: Mapping[str, CampaignConfig]) -> None:
         raise ConfigError(problems)
 
 
+class AbandonProtector(Protocol):
+    """Protects a number whose call was abandoned (Ofcom: no re-call for 72 h without an agent)."""
+
+    async def protect(self, number: str, at: float) -> None:
+        """Record the abandon of `number` at epoch `at`; the gate reads it before the next dial."""
+        ...
+
+
 class OptOutRecorder(Protocol):
     """Writes an opt-out to the internal DNC list. Awaited before the call is hung up (invariant 5)."""
 
@@ -195,6 +203,7 @@ class Engine:
         telephony: Telephony,
         abandon: AbandonLedger,
         opt_out: OptOutRecorder | None = None,
+        protection: AbandonProtector | None = None,
         clock: Callable[[], float] = time.time,
         call_ids: Callable[[], str] | None = None,
         metrics: DialerMetrics | None = None,
@@ -206,6 +215,7 @@ class Engine:
         self.telephony = telephony
         self.abandon = abandon
         self.opt_out_recorder = opt_out
+        self.protection = protection
         self.clock = clock
         self.metrics = metrics
         counter = itertools.count(1)
@@ -643,6 +653,8 @@ class Engine:
         call.counted_live = True
         if abandoned:
             call.campaign.stats.abandons += 1
+            if self.protection is not None:
+                self._spawn(self.protection.protect(call.lead.number, self.clock()))
         if self.metrics is not None:
             self.metrics.record_live_answer(call.campaign.name, abandoned=abandoned)
         at = call.answered_at if call.answered_at is not None else self.clock()

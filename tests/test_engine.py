@@ -387,3 +387,28 @@ def test_lost_lease_is_logged_and_the_engine_carries_on() -> None:
         assert len(rig.tel.dialled) == 2  # and the next lead is dialled: nothing got stuck
 
     run_virtual(body, numbers=2)
+
+
+def test_an_abandoned_number_is_protected_for_the_gate() -> None:
+    protected: list[str] = []
+
+    class Protector:
+        async def protect(self, number: str, at: float) -> None:
+            protected.append(number)
+
+    async def body(rig: Rig) -> None:
+        rig.engine.protection = Protector()
+        rig.pool.transition("a0", AgentState.READY)
+        await rig.step(0.3)
+        first = rig.tel.dialled[0].call_id
+        rig.tel.emit(CallAnswered(first, AnswerKind.HUMAN, rig.engine.clock()))
+        rig.tel.emit(AgentConnected(first, "a0"))
+        rt = rig.engine.campaigns["c"]
+        [lead] = await rig.leads.claim("c", 1, rig.engine.clock())
+        await rig.engine._dial(rt, lead)
+        second = rig.tel.dialled[-1]
+        rig.tel.emit(CallAnswered(second.call_id, AnswerKind.HUMAN, rig.engine.clock()))
+        await rig.step(2.5)
+        assert protected == [second.number]  # the connected call's number is not protected
+
+    run_virtual(body, numbers=2)
