@@ -741,6 +741,10 @@ async def apply_disposition(svc: Services, agent_id: str,
     rather than an opt-out being lost.
     """
     call = svc.engine.agent_last_call(agent_id)
+    if call is not None and body.disposition:
+        # The disposition belongs to the attempt's record (history and CDR export), whatever it means.
+        await svc.leads.set_disposition(call.campaign, call.lead_id, call.call_id, body.disposition,
+                                        agent_id=agent_id)
     if body.disposition not in DNC_DISPOSITIONS and body.disposition != CALLBACK_DISPOSITION:
         return call, False
     if call is None:

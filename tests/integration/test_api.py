@@ -22,6 +22,7 @@ from dialer.agent_registry import AgentRegistry
 from dialer.agents import AgentPool
 from dialer.compliance.dnc import RegistryLoader
 from dialer.daemon import Daemon
+from dialer.leads_redis import RedisLeadStore
 from dialer.outcomes import AgentState
 from tests.support.servers import RedisServer
 
@@ -548,6 +549,7 @@ async def test_full_agent_cycle_with_dispositions(node: Node) -> None:
     await wait_for(wrapping_up, 15, "the second call to reach carol and end")
     done = await node.call("POST", "/agents/carol/wrap-up", status=200, json={"disposition": "dnc"})
     assert done["dnc_added"] is True and done["call_id"] != first_call
+    second_call = done["call_id"]
     assert done["agent"]["state"] == "ready" and done["agent"]["calls_handled"] == 2
     listed = [n for n in numbers if (await node.call("GET", f"/dnc/{n}", status=200))["internal"]]
     assert len(listed) == 1, listed  # exactly the number of the second call was opted out
@@ -564,3 +566,10 @@ async def test_full_agent_cycle_with_dispositions(node: Node) -> None:
     leads = stats["leads"]
     # The callback lead waits for tomorrow; the opted-out and the third are done.
     assert leads["leads"] == 3 and leads["scheduled"] == 1 and leads["done"] == 2, leads
+    # Dispositions reach the attempts' records (CDR export merges them in).
+    client = aioredis.Redis.from_url(node.redis_url, decode_responses=True)
+    try:
+        dispositions = {r.call_id: r.disposition async for _, r in RedisLeadStore(client).cdrs("api")}
+    finally:
+        await client.aclose()
+    assert dispositions[first_call] == "callback" and dispositions[second_call] == "dnc"
