@@ -66,6 +66,9 @@ PERMANENT_BLOCKS = frozenset(
 ROBOCALL_DTMF_GRACE_S = 5.0
 """After a robocall message ends, how long the listener has to press a key before we hang up."""
 
+RECORD_RETRY_S = 300.0
+"""How long abandon-ledger records are retried while the store is away before one is given up."""
+
 MAX_CLAIM_ROUNDS = 4
 """Claim rounds per tick: leads the gate blocks are replaced by fresh claims up to this many times."""
 
@@ -552,7 +555,8 @@ class Engine:
         ring_s = max(0.0, ev.answered_at - call.dialled_at)
         if ev.kind is AnswerKind.MACHINE:
             rt.stats.machines += 1
-            self._spawn(self.abandon.record_machine(rt.name, ev.answered_at))
+            self._spawn(self._with_retries("abandon_machine", lambda: self.abandon.record_machine(
+                rt.name, ev.answered_at)))
             rt.new_attempts.append(AttemptResult(Outcome.MACHINE, ring_s))
             call.state, call.record.outcome = CallState.MACHINE, Outcome.MACHINE
             if cfg.machine_action is MachineAction.MESSAGE and cfg.machine_message:
@@ -658,7 +662,9 @@ class Engine:
         if self.metrics is not None:
             self.metrics.record_live_answer(call.campaign.name, abandoned=abandoned)
         at = call.answered_at if call.answered_at is not None else self.clock()
-        self._spawn(self.abandon.record(call.campaign.name, at, abandoned=abandoned))
+        name = call.campaign.name
+        self._spawn(self._with_retries("abandon_record", lambda: self.abandon.record(
+            name, at, abandoned=abandoned)))
 
     def _on_dtmf(self, call: ActiveCall, ev: DtmfReceived) -> None:
         cfg = call.campaign.config
@@ -826,6 +832,27 @@ class Engine:
             rt.wake.set()
 
     # Background work -----------------------------------------------------------------------------
+
+    async def _with_retries(self, what: str, attempt: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `attempt` until it succeeds, backing off, for up to `RECORD_RETRY_S`.
+
+        The abandon ledger is compliance bookkeeping: a Redis restart must delay a record, not lose it.
+        """
+        delay, waited = 0.1, 0.0
+        while True:
+            try:
+                await attempt()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if waited >= RECORD_RETRY_S:
+                    log.error("record_lost", what=what, error=repr(exc), waited_s=round(waited, 1))
+                    return
+                log.warning("record_retry", what=what, error=repr(exc))
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 5.0)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(self._guard(coro))

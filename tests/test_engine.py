@@ -412,3 +412,27 @@ def test_an_abandoned_number_is_protected_for_the_gate() -> None:
         assert protected == [second.number]  # the connected call's number is not protected
 
     run_virtual(body, numbers=2)
+
+
+def test_abandon_records_are_retried_while_the_ledger_is_away() -> None:
+    async def body(rig: Rig) -> None:
+        real = rig.ledger.record
+        failures = [3]
+
+        async def flaky(campaign: str, at: float, *, abandoned: bool) -> None:
+            if failures[0] > 0:
+                failures[0] -= 1
+                raise ConnectionError("redis is restarting")
+            await real(campaign, at, abandoned=abandoned)
+
+        rig.ledger.record = flaky  # type: ignore[method-assign]
+        rig.pool.transition("a0", AgentState.READY)
+        await rig.step(0.3)
+        call_id = rig.tel.dialled[0].call_id
+        rig.tel.emit(CallAnswered(call_id, AnswerKind.HUMAN, rig.engine.clock()))
+        rig.tel.emit(AgentConnected(call_id, "a0"))
+        await rig.step(5)
+        status = await rig.ledger.status("c", rig.engine.clock())
+        assert failures == [0] and status.live_answers == 1
+
+    run_virtual(body)
