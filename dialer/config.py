@@ -403,6 +403,21 @@ class DncFreshness(Model):
     )
 
 
+class ClusterSettings(Model):
+    """Leases that let several nodes share one Redis (a crashed node's work returns after them)."""
+
+    lead_lease_s: float = Field(
+        60.0, ge=0.5, le=3600,
+        description="a claimed lead returns to the hopper this long after its node stops renewing it; "
+                    "$DIALER_LEAD_LEASE_S overrides",
+    )
+    agent_lease_s: float = Field(
+        15.0, ge=0.5, le=3600,
+        description="an agent session moves to another node this long after its owner stops heartbeating; "
+                    "$DIALER_AGENT_LEASE_S overrides",
+    )
+
+
 class DaemonConfig(Model):
     """Everything one dialer node needs that is not a campaign: `config/dialer.toml`."""
 
@@ -421,6 +436,7 @@ class DaemonConfig(Model):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     dnc: DncFreshness = Field(default_factory=DncFreshness)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
 
 def secret_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

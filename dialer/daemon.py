@@ -32,7 +32,6 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from dialer.agent_registry import DEFAULT_LEASE_S as AGENT_LEASE_S
 from dialer.agent_registry import AgentRegistry
 from dialer.agents import AgentPool
 from dialer.compliance.abandon import AbandonProtection, RedisAbandonLedger
@@ -276,8 +275,8 @@ class Daemon:
         # The lead store works on decoded strings; the DNC bitmaps on bytes: one client each.
         leads_redis = redis_client(config.redis, decode_responses=True, retries=LEADS_REDIS_RETRIES)
         environ = os.environ if self.env is None else self.env
-        lead_lease_s = lease_from_env(environ, LEAD_LEASE_ENV, 60.0)
-        agent_lease_s = lease_from_env(environ, AGENT_LEASE_ENV, AGENT_LEASE_S)
+        lead_lease_s = lease_from_env(environ, LEAD_LEASE_ENV, config.cluster.lead_lease_s)
+        agent_lease_s = lease_from_env(environ, AGENT_LEASE_ENV, config.cluster.agent_lease_s)
         try:
             telephony, close_telephony = await open_telephony(config, self.simulate, clock, self.seed)
         except Exception as exc:
