@@ -5,6 +5,10 @@ real node (engine, compliance gate, Redis lead store, API, metrics) on the sampl
 into a simulated world (`--scenario`) in real time. The node's wall clock starts on a weekday
 afternoon so that calling hours allow the sample leads at any hour you run it (a lab clock, refused
 for real trunks). Ctrl-C drains the calls, prints a summary and exports the CDRs.
+
+With `--sip` the calls are real SIP on loopback instead: the node's SIP worker pool dials a sipp
+"carrier" (config/lab/carrier.xml: humans, machines, busy and no-answer by the number's last digit)
+and bridges live answers to auto-answering sipp agent phones (config/lab/agent.xml).
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ import redis.asyncio as aioredis
 
 from dialer.compliance.dnc import DncLists, OptOutSource, RegistryLoader
 from dialer.daemon import Daemon, Services
-from dialer.lab import RedisServer
+from dialer.lab import RedisServer, SipLab
 from dialer.leads import RECORD_FIELDS
 from dialer.leads_redis import RedisLeadStore
 from dialer.outcomes import AgentState
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
+PROCESS_START = time.monotonic()
+"""When this module was imported, i.e. about when `dialer demo` started: for time-to-first-answer."""
 CAMPAIGN = "demo"
 
 
@@ -43,7 +49,8 @@ def lab_start(today: datetime | None = None) -> datetime:
 def register(sub: Any) -> None:
     """Add the `demo` subcommand."""
     p = sub.add_parser("demo", help="run the dialer locally on a sample campaign with live progress")
-    p.add_argument("--agents", type=int, default=10, help="simulated agents logged in (default 10)")
+    p.add_argument("--agents", type=int, default=None,
+                   help="agents logged in (default 10 simulated, 4 with --sip)")
     p.add_argument("--scenario", type=Path, default=REPO_CONFIG / "scenarios" / "warm.toml",
                    help="the simulated world the calls go to")
     p.add_argument("--leads", type=Path, default=REPO_CONFIG / "leads" / "sample.csv", help="lead CSV file")
@@ -51,13 +58,25 @@ def register(sub: Any) -> None:
     p.add_argument("--duration", type=float, default=0.0,
                    help="stop after this many seconds (default: run until Ctrl-C)")
     p.add_argument("--api-port", type=int, default=8080, help="HTTP API and /metrics port (0: any free)")
+    p.add_argument("--sip", action="store_true",
+                   help="real SIP on loopback: the SIP worker pool against a sipp carrier and sipp agent "
+                        "phones (needs sipp); --agents defaults to 4 then")
     p.set_defaults(func=main)
+
+
+SIP_MAX_AGENTS = 20
+"""Each agent is a bridged call on loopback: two legs in a worker process. Keep the lab small."""
 
 
 def main(args: argparse.Namespace) -> int:
     """Handler of `dialer demo`."""
+    if args.agents is None:
+        args.agents = 4 if args.sip else 10
     if args.agents < 1:
         print("dialer demo: --agents must be at least 1", file=sys.stderr)
+        return 2
+    if args.sip and args.agents > SIP_MAX_AGENTS:
+        print(f"dialer demo: --agents must be at most {SIP_MAX_AGENTS} with --sip", file=sys.stderr)
         return 2
     workdir: Path = args.workdir
     if workdir.exists():
@@ -65,11 +84,38 @@ def main(args: argparse.Namespace) -> int:
     (workdir / "redis").mkdir(parents=True)
     redis = RedisServer(workdir / "redis")
     redis.start()
+    lab: SipLab | None = None
     try:
+        if args.sip:
+            lab = SipLab(workdir / "lab")
+            lab.start()
         config = write_config(workdir, redis.url, args.api_port)
-        return asyncio.run(run_demo(args, redis, config))
+        if lab is not None:
+            add_sip_config(config, lab, args.agents)
+        return asyncio.run(run_demo(args, redis, config, lab))
     finally:
+        if lab is not None:
+            lab.stop()
         redis.stop()
+
+
+def add_sip_config(config: Path, lab: SipLab, agents: int) -> None:
+    """The `[sip]` table for the lab, and the demo campaign's timers for phones nobody operates.
+
+    A worker carries two bridged calls (customer + agent leg each); predictive pacing dials ahead of
+    the agents, so the pool has room for about three lines per agent. Nobody sends a disposition
+    from a sipp phone, so wrap-up ends by itself after a few seconds. pjsip's own log is off: its
+    lines would interleave with the status line (the daemon's JSON log still reports failures).
+    """
+    workers = max(2, (3 * agents + 1) // 2)
+    with config.open("a") as fh:
+        fh.write(f'[sip]\ntrunk_uri = "{lab.trunk_uri}"\nbind_address = "127.0.0.1"\nworkers = {workers}\n'
+                 f"max_concurrent_calls = {2 * workers}\nrtp_port_base = 31000\nlog_level = 0\n")
+    campaign = config.parent / "campaigns" / f"{CAMPAIGN}.toml"
+    text = campaign.read_text()
+    if "\nwrap_up_s = 60.0\n" not in text:
+        raise RuntimeError(f"{campaign}: the sample campaign no longer has wrap_up_s = 60.0 to shorten")
+    campaign.write_text(text.replace("\nwrap_up_s = 60.0\n", "\nwrap_up_s = 3.0\n", 1))
 
 
 def write_config(workdir: Path, redis_url: str, api_port: int) -> Path:
@@ -137,7 +183,13 @@ async def show_progress(daemon: Daemon, out: TextIO, stop: asyncio.Event) -> Non
     started = time.monotonic()
     tty = out.isatty()
     last_print = 0.0
+    first_answer = False
     while not stop.is_set():
+        stats = svc.engine.campaigns[CAMPAIGN].stats
+        if not first_answer and stats.live_answers + stats.machines > 0:
+            first_answer = True
+            out.write(("\r" if tty else "") + f"first answered call {time.monotonic() - PROCESS_START:.1f} s "
+                      "after start\n")
         line = status_line(svc, started)
         if tty:
             out.write("\r" + line)
@@ -172,7 +224,17 @@ async def export_cdrs(redis_url: str, path: Path) -> int:
     return count
 
 
-async def run_demo(args: argparse.Namespace, redis: RedisServer, config: Path) -> int:
+def log_in_lab_agents(svc: Services, lab: SipLab, count: int) -> None:
+    """Log the lab's agent phones in, ready, on the demo campaign's pool (what the API login does)."""
+    pool = svc.campaigns[CAMPAIGN].agent_pool
+    for i in range(1, count + 1):
+        agent_id = f"agent{i:02d}"
+        svc.agents.add(agent_id, lab.agent_uri(agent_id), pool)
+        svc.agents.transition(agent_id, AgentState.READY)
+
+
+async def run_demo(args: argparse.Namespace, redis: RedisServer, config: Path,
+                   lab: SipLab | None = None) -> int:
     """Load the demo data, run the node until Ctrl-C (or `--duration`), summarise."""
     workdir: Path = args.workdir
     out = sys.stdout
@@ -181,11 +243,23 @@ async def run_demo(args: argparse.Namespace, redis: RedisServer, config: Path) -
     print(f"redis-server on 127.0.0.1:{redis.port} (data in {workdir / 'redis'})", file=out)
     print(f"{imported} leads imported ({rejected} rejected); demo DNC registry copies loaded; "
           f"lab clock starts {start:%a %Y-%m-%d %H:%M} UTC", file=out)
-    print(f"calls go to the simulated world {args.scenario.name}; {args.agents} simulated agents; "
-          "Ctrl-C to stop", file=out)
-    daemon = Daemon(config, simulate=args.scenario, sim_agents=args.agents, clock_start=start)
+    if lab is None:
+        print(f"calls go to the simulated world {args.scenario.name}; {args.agents} simulated agents; "
+              "Ctrl-C to stop", file=out)
+        daemon = Daemon(config, simulate=args.scenario, sim_agents=args.agents, clock_start=start)
+    else:
+        print(f"calls go over SIP to the sipp carrier at {lab.carrier.host} (last digit of the number: "
+              "0-3 human, 4-5 machine, 6-7 busy, 8 no answer, 9 human); "
+              f"{args.agents} sipp agent phones at {lab.agents.host}; Ctrl-C to stop", file=out)
+        daemon = Daemon(config, clock_start=start)
     stop = asyncio.Event()
     run = asyncio.create_task(daemon.run())
+    if lab is not None:
+        started = asyncio.create_task(daemon.started.wait())
+        await asyncio.wait({run, started}, return_when=asyncio.FIRST_COMPLETED)
+        if daemon.services is not None and daemon.started.is_set():
+            log_in_lab_agents(daemon.services, lab, args.agents)
+        started.cancel()
     progress = asyncio.create_task(show_progress(daemon, out, stop))
     if args.duration > 0:
         done, _ = await asyncio.wait({run}, timeout=args.duration)
@@ -200,4 +274,7 @@ async def run_demo(args: argparse.Namespace, redis: RedisServer, config: Path) -
     count = await export_cdrs(redis.url, cdr_path)
     print(f"{count} call detail records written to {cdr_path}", file=out)
     print(f"daemon log (JSON): warnings and errors only; exit code {code}", file=out)
+    if lab is not None:
+        traces = lab.carrier.workdir.resolve()
+        print(f"SIP traces of the carrier and agent phones (sipp -trace_msg) in {traces}", file=out)
     return code
