@@ -48,7 +48,10 @@ class RedisServer:
             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
             "--logfile", str(self.dir / "redis.log"), "--protected-mode", "yes",
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A session of its own: Ctrl-C in a terminal signals the whole foreground process group, and
+        # the server must outlive the demo's drain and CDR export; whoever started it stops it.
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -224,8 +227,10 @@ class SippPeer:
                 "-trace_err", "-error_file", str(self.error_file)]
         if self.rtp_echo:
             args.append("-rtp_echo")
+        # Own session, as for redis-server: Ctrl-C must not end the calls under the dialer's drain.
         self.proc = subprocess.Popen(args, cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while not _udp_port_taken(self.port):
             if self.proc.poll() is not None:

@@ -10,6 +10,7 @@ many CDRs as INVITEs. The carrier decides each callee by the last digit of the n
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -163,8 +164,8 @@ def node_config(directory: Path, redis_url: str, lab: SipLab) -> Path:
     )
     with config.open("a") as fh:
         fh.write(f'[sip]\ntrunk_uri = "{lab.trunk_uri}"\nbind_address = "127.0.0.1"\nworkers = 3\n'
-                 "rtp_port_base = 31000\nheartbeat_interval_s = 0.5\nheartbeat_timeout_s = 3.0\n"
-                 "drain_timeout_s = 2.0\n")
+                 f"rtp_port_base = {random.randrange(20000, 32000, 200)}\n"
+                 "heartbeat_interval_s = 0.5\nheartbeat_timeout_s = 3.0\ndrain_timeout_s = 2.0\n")
     return config
 
 
