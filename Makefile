@@ -40,7 +40,7 @@ unit: $(STAMP) system-deps
 test: $(STAMP) system-deps lint typecheck unit
 
 run: $(STAMP) system-deps
-	$(PY) -m dialer demo
+	$(PY) -m dialer demo --sip
 
 simulate: $(STAMP)
 	$(PY) -m dialer simulate --scenario config/scenarios/warm.toml --policy predictive --agents 50 --hours 8

@@ -236,7 +236,7 @@ async def test_daemon_on_sip_keeps_every_rule_on_the_wire(tmp_path: Path, redis_
         await prepare(node, redis_url)
         daemon = DaemonProcess(config, lab_start=LAB)
         api_port = await asyncio.to_thread(daemon.wait_started)
-        for i in range(1, 4):
+        for i in range(1, 5):  # one phone per human: all answered at once, no abandon possible
             await login(api_port, f"agent{i}", lab.agent_uri(f"agent{i}"), "default")
         await login(api_port, "robo1", lab.agent_uri("robo1"), "robo")
         # Every lead resolved: the dialled ones with their call's record, the blocked ones with theirs.
