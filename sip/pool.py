@@ -31,6 +31,7 @@ import structlog
 
 from dialer.compliance.gate import Clearance
 from dialer.errors import TelephonyError
+from dialer.logging import mask_number
 from dialer.outcomes import Outcome
 from dialer.telephony import (
     MIN_RING_TIMEOUT_S,
@@ -62,11 +63,6 @@ SPAWN_CONCURRENCY = 4
 STABLE_AFTER_S = 30.0
 """A worker that lived this long resets the restart backoff."""
 EXIT_WAIT_S = 5.0
-
-
-def mask_number(number: str) -> str:
-    """A phone number safe to log: all but the last 4 digits hidden."""
-    return "*" * max(len(number) - 4, 0) + number[-4:]
 
 
 class _Pacer:
