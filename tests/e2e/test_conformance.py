@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import socket
+import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
@@ -104,6 +108,7 @@ def parse_trace(text: str) -> list[SipMessage]:
 class Dialog:
     """The carrier's view of one call."""
 
+    call_id: str
     number: str
     invite_at: float
     answered_at: float | None = None  # 200 OK to the INVITE sent
@@ -119,7 +124,7 @@ def carrier_dialogs(messages: list[SipMessage]) -> dict[str, Dialog]:
     dialogs: dict[str, Dialog] = {}
     for m in messages:
         if m.method == "INVITE" and not m.sent and m.call_id not in dialogs:
-            dialogs[m.call_id] = Dialog(m.ruri_user, m.at)
+            dialogs[m.call_id] = Dialog(m.call_id, m.ruri_user, m.at)
         d = dialogs.get(m.call_id)
         if d is None:
             continue
@@ -162,30 +167,39 @@ def node_config(directory: Path, redis_url: str, lab: SipLab) -> Path:
         f'ring_timeout_s = {RING_TIMEOUT_S}\nrobocall_message = "{AUDIO_DIR / "robocall.wav"}"\n'
         f'safe_harbor_message = "{safe_harbor}"\n'
     )
+    append_sip(config, lab)
+    return config
+
+
+def append_sip(config: Path, lab: SipLab) -> None:
+    """The `[sip]` table: the worker pool on loopback, dialling the lab carrier."""
     with config.open("a") as fh:
         fh.write(f'[sip]\ntrunk_uri = "{lab.trunk_uri}"\nbind_address = "127.0.0.1"\nworkers = 3\n'
                  f"rtp_port_base = {random.randrange(20000, 32000, 200)}\n"
                  "heartbeat_interval_s = 0.5\nheartbeat_timeout_s = 3.0\ndrain_timeout_s = 2.0\n")
-    return config
+
+
+async def load(directory: Path, redis_url: str, leads: dict[str, list[str]], listed: list[str]) -> None:
+    """A registry copy covering every lead's area code (listing `listed`) and each campaign's leads."""
+    registry = directory / "us-national.txt"
+    area_codes = sorted({n[2:5] for numbers in leads.values() for n in numbers})
+    registry.write_text("\n".join([f"{npa}5550199" for npa in area_codes] + [n[2:] for n in listed]) + "\n")
+    as_of = (LAB - timedelta(days=1)).date().isoformat()
+    steps: list[tuple[str, ...]] = [
+        ("dnc", "load", "--registry", "us-national", "--as-of", as_of, "--redis-url", redis_url,
+         str(registry)),
+    ]
+    for campaign, numbers in leads.items():
+        csv_path = write_leads(directory / f"{campaign}.csv", numbers)
+        steps.append(("leads", "import", campaign, str(csv_path), "--redis-url", redis_url))
+    for args in steps:
+        done = await asyncio.to_thread(dialer, *args)
+        assert done.returncode == 0, done.stderr
 
 
 async def prepare(directory: Path, redis_url: str) -> None:
     """Registry copy (every area code, one listed lead), internal DNC entry, leads of both campaigns."""
-    registry = directory / "us-national.txt"
-    area_codes = sorted({n[2:5] for n in [*AGENT_LEADS, OPT_OUT]})
-    registry.write_text("\n".join([f"{npa}5550199" for npa in area_codes] + [NATIONAL_DNC[2:]]) + "\n")
-    as_of = (LAB - timedelta(days=1)).date().isoformat()
-    e2e_csv = write_leads(directory / "e2e.csv", AGENT_LEADS)
-    robo_csv = write_leads(directory / "robo.csv", [OPT_OUT])
-    steps = [
-        ("dnc", "load", "--registry", "us-national", "--as-of", as_of, "--redis-url", redis_url,
-         str(registry)),
-        ("leads", "import", "e2e", str(e2e_csv), "--redis-url", redis_url),
-        ("leads", "import", "robo", str(robo_csv), "--redis-url", redis_url),
-    ]
-    for args in steps:
-        done = await asyncio.to_thread(dialer, *args)
-        assert done.returncode == 0, done.stderr
+    await load(directory, redis_url, {"e2e": AGENT_LEADS, "robo": [OPT_OUT]}, [NATIONAL_DNC])
     client = aioredis.Redis.from_url(redis_url)
     try:
         await DncLists(client).add(INTERNAL_DNC, source=OptOutSource.CLI)
@@ -201,12 +215,12 @@ async def login(api_port: int, agent_id: str, uri: str, pool: str) -> None:
             assert resp.status == 200, await resp.text()
 
 
-async def all_cdrs(redis_url: str) -> list[AttemptRecord]:
-    """CDRs of both campaigns."""
+async def all_cdrs(redis_url: str, campaigns: tuple[str, ...] = ("e2e", "robo")) -> list[AttemptRecord]:
+    """CDRs of the campaigns."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         store = RedisLeadStore(client)
-        return [r for campaign in ("e2e", "robo") async for _, r in store.cdrs(campaign)]
+        return [r for campaign in campaigns async for _, r in store.cdrs(campaign)]
     finally:
         await client.aclose()
 
@@ -222,6 +236,73 @@ async def opt_out_audit(redis_url: str) -> tuple[bool, float | None]:
         return listed, (min(at) if at else None)
     finally:
         await client.aclose()
+
+
+class RtpCapture:
+    """UDP packets on the loopback interface to one port, captured with a raw socket (CAP_NET_RAW).
+
+    Records (epoch, source port, RTP payload) so a test can see what a callee hears and when.
+    """
+
+    PACKET_OUTGOING = 4  # lo shows each packet twice: keep the received copy only
+
+    def __init__(self, dst_port: int) -> None:
+        self.dst_port = dst_port
+        self.packets: list[tuple[float, int, bytes]] = []
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        self.sock.bind(("lo", 0))
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RtpCapture:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame, address = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            if address[2] == self.PACKET_OUTGOING or len(frame) < 14 + 20 + 8 + 12:
+                continue
+            ip = frame[14:]
+            if frame[12:14] != b"\x08\x00" or ip[9] != 17:  # IPv4, UDP
+                continue
+            udp = ip[(ip[0] & 0x0F) * 4:]
+            sport, dport = struct.unpack("!HH", udp[:4])
+            if dport == self.dst_port:
+                self.packets.append((time.time(), sport, udp[8 + 12:]))
+
+    def speech_starts(self, sport: int, after: float, rms_threshold: float = 300.0) -> float | None:
+        """When the first 20 ms of sound (PCMU RMS above `rms_threshold`) came from `sport`."""
+        for at, port, payload in self.packets:
+            if port == sport and at >= after and len(payload) >= 80 and ulaw_rms(payload) > rms_threshold:
+                return at
+        return None
+
+
+def ulaw_rms(payload: bytes) -> float:
+    """RMS of G.711 mu-law samples, in 16-bit linear units."""
+    u = ~np.frombuffer(payload, dtype=np.uint8).astype(np.int32) & 0xFF
+    exponent, mantissa = (u >> 4) & 0x07, u & 0x0F
+    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    linear = np.where(u & 0x80, -magnitude, magnitude).astype(np.float64)
+    return float(np.sqrt(np.mean(linear**2)))
+
+
+def sdp_audio_port(messages: list[SipMessage], call_id: str) -> int:
+    """The RTP port the dialer offered in its INVITE of `call_id` (pjsua sends from it too)."""
+    invite = next(m for m in messages if m.call_id == call_id and m.method == "INVITE" and not m.sent)
+    match = re.search(r"^m=audio (\d+)", invite.text, re.MULTILINE)
+    assert match is not None, invite.text
+    return int(match.group(1))
 
 
 async def test_daemon_on_sip_keeps_every_rule_on_the_wire(tmp_path: Path, redis_url: str) -> None:
@@ -306,3 +387,59 @@ async def test_daemon_on_sip_keeps_every_rule_on_the_wire(tmp_path: Path, redis_
     print(f"agent INVITE after 200 OK: {delays}; ring before CANCEL {cancels[NO_ANSWER]:.2f} s; "
           f"opt-out written {opt.bye_from_dialer_at - opted_at:.3f} s before BYE; "
           f"test took {time.monotonic() - started:.1f} s")
+
+
+LONELY = "+13035550120"  # a human (last digit 0) whose only agent's phone refuses the call
+
+
+async def test_an_answer_no_agent_takes_hears_the_safe_harbor_message_within_2_s(
+    tmp_path: Path, redis_url: str
+) -> None:
+    node = tmp_path / "node"
+    node.mkdir()
+    lab = SipLab(tmp_path / "lab")
+    try:
+        capture = RtpCapture(lab.carrier.media_port)
+    except PermissionError:
+        pytest.skip("capturing RTP on lo needs CAP_NET_RAW (root, as `make test` runs)")
+    deadline_s = 1.8  # stricter than the law's 2 s: the message must be playing by 2 s after the 200 OK
+    config = write_node_config(
+        node, redis_url, campaign="lonely", drain_timeout_s=3.0, token=TOKEN,
+        campaign_extra=(f'agent_pool = "lonely"\nring_timeout_s = {RING_TIMEOUT_S}\n'
+                        f"connect_deadline_s = {deadline_s}\n"
+                        f'safe_harbor_message = "{AUDIO_DIR / "safe_harbor.wav"}"\n'),
+    )
+    append_sip(config, lab)
+    daemon: DaemonProcess | None = None
+    with capture:
+        await load(node, redis_url, {"lonely": [LONELY]}, [])
+        lab.start()
+        try:
+            daemon = DaemonProcess(config, lab_start=LAB)
+            api_port = await asyncio.to_thread(daemon.wait_started)
+            await login(api_port, "reject1", lab.agent_uri("reject1"), "lonely")
+            until = time.monotonic() + 30
+            while True:
+                if await all_cdrs(redis_url, ("lonely",)) or time.monotonic() > until:
+                    break
+                await asyncio.sleep(0.5)
+            assert await asyncio.to_thread(daemon.stop) == 0
+        finally:
+            if daemon is not None:
+                daemon.stop()
+            lab.stop()
+    [record] = await all_cdrs(redis_url, ("lonely",))
+    assert record.outcome == "abandoned", record
+    messages = parse_trace(lab.carrier.messages())
+    [call] = carrier_dialogs(messages).values()
+    assert call.number == LONELY and call.answered_at is not None
+    # The agent's phone was tried and refused; nobody else could take the call.
+    agent = parse_trace(lab.agents.messages())
+    assert [m.ruri_user for m in agent if m.method == "INVITE"] == ["reject1"]
+    assert [m.status for m in agent if m.sent and m.status] == [486]
+    # What the callee heard: the dialer's RTP to the carrier's media port from the call's own port.
+    started = capture.speech_starts(sdp_audio_port(messages, call.call_id), after=call.answered_at)
+    assert started is not None, f"no message audio among {len(capture.packets)} RTP packets"
+    delay = started - call.answered_at
+    assert deadline_s <= delay <= CONNECT_DEADLINE_S, delay
+    print(f"safe-harbor message audio {delay:.3f} s after the 200 OK")
