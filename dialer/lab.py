@@ -31,7 +31,9 @@ class RedisServer:
         if exe is None:
             raise RuntimeError("redis-server is not installed: `make run`/`make test` install it as root")
         self.exe = exe
-        self.dir = directory
+        # Absolute: redis-server changes into --dir before opening --logfile, so a relative path
+        # (the demo's default run/demo/redis) would name a log file that cannot be created.
+        self.dir = directory.resolve()
         self.port = free_port()
         self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
@@ -204,13 +206,13 @@ class SippPeer:
             raise RuntimeError("sipp is not installed: `make run`/`make test` install it (apt sip-tester)")
         self.exe = exe
         self.scenario = scenario
-        self.workdir = workdir
+        self.workdir = workdir.resolve()  # sipp runs in it: its trace paths must not be relative
         self.rtp_echo = rtp_echo
         self.port = free_port(socket.SOCK_DGRAM)
         self.media_port = free_media_port()
-        self.message_file = workdir / f"{scenario.stem}_messages.log"
-        self.log_file = workdir / f"{scenario.stem}_logs.log"
-        self.error_file = workdir / f"{scenario.stem}_errors.log"
+        self.message_file = self.workdir / f"{scenario.stem}_messages.log"
+        self.log_file = self.workdir / f"{scenario.stem}_logs.log"
+        self.error_file = self.workdir / f"{scenario.stem}_errors.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
