@@ -3,7 +3,8 @@
 The proof is the SIP traffic itself, as the carrier and the agent phones logged it (sipp -trace_msg):
 no INVITE to a blocked number, no CANCEL before the ring timeout, every live answer bridged to an
 agent phone within 2 s of the 200 OK, the opt-out number on the internal DNC before its BYE, and as
-many CDRs as INVITEs. The carrier decides each callee by the last digit of the number
+many CDRs as INVITEs. An answer that no agent can take must be heard getting the safe-harbor message
+within 2 s: that is audio, so its RTP is captured on the loopback interface. The carrier decides each callee by the last digit of the number
 (config/lab/carrier.xml): 0-3 human, 4-5 machine, 6-7 busy, 8 no answer, 9 presses 9.
 """
 
@@ -402,7 +403,9 @@ async def test_an_answer_no_agent_takes_hears_the_safe_harbor_message_within_2_s
         capture = RtpCapture(lab.carrier.media_port)
     except PermissionError:
         pytest.skip("capturing RTP on lo needs CAP_NET_RAW (root, as `make test` runs)")
-    deadline_s = 1.8  # stricter than the law's 2 s: the message must be playing by 2 s after the 200 OK
+    # Stricter than the law's 2 s, as a campaign may be: the abandon is declared at 1.5 s, so the
+    # message (its speech starts 0.1 s into the file) must be heard by 2 s after the 200 OK.
+    deadline_s = 1.5
     config = write_node_config(
         node, redis_url, campaign="lonely", drain_timeout_s=3.0, token=TOKEN,
         campaign_extra=(f'agent_pool = "lonely"\nring_timeout_s = {RING_TIMEOUT_S}\n'
