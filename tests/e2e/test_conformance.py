@@ -4,8 +4,9 @@ The proof is the SIP traffic itself, as the carrier and the agent phones logged 
 no INVITE to a blocked number, no CANCEL before the ring timeout, every live answer bridged to an
 agent phone within 2 s of the 200 OK, the opt-out number on the internal DNC before its BYE, and as
 many CDRs as INVITEs. An answer that no agent can take must be heard getting the safe-harbor message
-within 2 s: that is audio, so its RTP is captured on the loopback interface. The carrier decides each callee by the last digit of the number
-(config/lab/carrier.xml): 0-3 human, 4-5 machine, 6-7 busy, 8 no answer, 9 presses 9.
+within 2 s: that is audio, so its RTP is captured on the loopback interface. The carrier decides
+each callee by the last digit of the number (config/lab/carrier.xml): 0-3 human, 4-5 machine, 6-7
+busy, 8 no answer, 9 presses 9.
 """
 
 from __future__ import annotations
