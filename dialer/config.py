@@ -228,7 +228,11 @@ class CampaignConfig(Model):
     max_lines: int = Field(200, ge=1, description="cap on calls in flight (ringing + waiting)")
     tick_interval_s: float = Field(1.0, gt=0, le=15, description="seconds between pacing ticks")
     ring_timeout_s: float = Field(25.0, ge=MIN_RING_TIMEOUT_S, le=120)
-    connect_deadline_s: float = Field(2.0, gt=0, le=2.0, description="live answer to agent, else abandon")
+    connect_deadline_s: float = Field(
+        1.7, gt=0, le=2.0,
+        description="live answer to agent, else abandon; below 2 s so the safe-harbor message starts "
+                    "within 2 s of the answer",
+    )
     wrap_up_s: float = Field(60.0, ge=0, description="wrap-up ends by itself after this long")
     abandon_target: float = Field(0.025, gt=0, lt=1)
     abandon_limit: float = Field(0.03, gt=0, lt=1)

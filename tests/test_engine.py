@@ -211,7 +211,7 @@ def test_no_agent_within_two_seconds_is_an_abandon_with_safe_harbor_message() ->
         abandoned = [r for r in rig.leads.records if r.call_id == second]
         assert abandoned[0].outcome is Outcome.ABANDONED
 
-    run_virtual(body, numbers=1)
+    run_virtual(body, numbers=1, connect_deadline_s=2.0)
 
 
 def test_gate_block_means_no_invite_and_a_recorded_reason() -> None:
