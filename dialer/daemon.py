@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -48,6 +48,7 @@ from dialer.outcomes import AgentState
 from dialer.sim.scenario import load_scenario
 from dialer.sim.world import SimTelephony
 from dialer.telephony import Telephony
+from sip.pool import SipPool
 
 log = structlog.get_logger(__name__)
 
@@ -175,10 +176,9 @@ class Services:
     reload_count: int = 0
 
     def telephony_ready(self) -> bool:
-        """True when the telephony back end can place calls (SIP workers up)."""
-        workers_up = getattr(self.telephony, "workers_up", None)
-        if callable(workers_up):
-            return bool(workers_up())
+        """True when the telephony back end can place calls (at least one SIP worker up)."""
+        if isinstance(self.telephony, SipPool):
+            return self.telephony.workers_up() > 0
         return True
 
 
@@ -193,8 +193,6 @@ async def open_telephony(config: DaemonConfig, simulate: Path | None, clock: Cal
             return None
 
         return world, close_world
-    from sip.pool import SipPool
-
     pool = SipPool(config.sip, clock=clock)
     await pool.open()
     return pool, pool.close
@@ -237,6 +235,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.started = asyncio.Event()
+        self._seen_starts = self._seen_restarts = 0
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""
@@ -269,6 +268,9 @@ class Daemon:
         clock = time.time
         if self.clock_start is not None:
             clock = lab_clock(self.clock_start, config, self.simulate is not None)
+        if not config.metrics.created_series:
+            # The *_created series are mostly noise on a dashboard (prometheus-client: unannotated).
+            disable_created_metrics()  # type: ignore[no-untyped-call]
         registry = CollectorRegistry()
         metrics = DialerMetrics(registry, clock=clock)
         redis = redis_client(config.redis)
@@ -365,11 +367,28 @@ class Daemon:
                     log.error("redis_unreachable", error=str(exc))
                 svc.redis_ok = False
             svc.metrics.redis_up.set(1 if svc.redis_ok else 0)
+            self._publish_sip(svc)
             if svc.redis_ok:
                 await self._publish_dnc_ages(svc)
             if watchdog_usec:
                 notify("WATCHDOG=1")
             await asyncio.sleep(interval)
+
+    def _publish_sip(self, svc: Services) -> None:
+        """SIP pool gauges and worker start/restart counters (as deltas of the pool's own counts)."""
+        pool = svc.telephony
+        if not isinstance(pool, SipPool):
+            return
+        used, free = pool.slots()
+        svc.metrics.set_sip_slots(used=used, free=free)
+        svc.metrics.sip_workers_up.set(pool.workers_up())
+        restarts = pool.restarts - self._seen_restarts
+        firsts = (pool.starts - self._seen_starts) - restarts
+        for _ in range(max(firsts, 0)):
+            svc.metrics.record_worker_start(restart=False)
+        for _ in range(max(restarts, 0)):
+            svc.metrics.record_worker_start(restart=True)
+        self._seen_starts, self._seen_restarts = pool.starts, pool.restarts
 
     @staticmethod
     async def _publish_dnc_ages(svc: Services) -> None:

@@ -138,6 +138,8 @@ class SipPool:
         self._pacing = 0  # originates waiting for the trunk's CPS pacing
         self.restarts = 0
         """Workers replaced after a crash or hang since the pool opened (for metrics and benches)."""
+        self.starts = 0
+        """Workers that came up since the pool opened, first starts and restarts (for metrics)."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -321,6 +323,16 @@ class SipPool:
         """Index of the worker carrying `call_id`, if the call is in progress."""
         worker = self._calls.get(call_id)
         return None if worker is None else worker.index
+
+    def workers_up(self) -> int:
+        """Worker processes running and answering their protocol."""
+        return sum(1 for w in self._workers.values() if w.ready and not w.lost)
+
+    def slots(self) -> tuple[int, int]:
+        """(used, free) call legs across the workers that are up."""
+        up = [w for w in self._workers.values() if w.ready and not w.lost]
+        used = sum(w.legs for w in up)
+        return used, sum(w.free for w in up)
 
     @property
     def calls_in_progress(self) -> int:
@@ -596,6 +608,7 @@ class SipPool:
                 raise
             else:
                 worker.ready = True
+                self.starts += 1
                 self._workers[index] = worker
                 first = self._first_ready[index]
                 if not first.done():
