@@ -136,6 +136,23 @@ def _level_number(level: str | int) -> int:
     return number
 
 
+class _CurrentStdout:
+    """Writes to whatever `sys.stdout` is at the time of each write.
+
+    Binding the stream object at configuration time breaks when stdout is replaced later (test
+    runners capturing output, a daemon started in-process): the old object may be closed by then.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+
 def configure_logging(
     level: str | int = "info", json: bool | None = None, *, stream: TextIO | None = None
 ) -> None:
@@ -144,7 +161,7 @@ def configure_logging(
     `json` None picks by the stream: a console renderer on a TTY, JSON lines otherwise (journald,
     containers, files). May be called again (on reload or in tests) to change level or format.
     """
-    out = stream if stream is not None else sys.stdout
+    out: Any = stream if stream is not None else _CurrentStdout()
     as_json = not out.isatty() if json is None else json
     threshold = _level_number(level)
 
