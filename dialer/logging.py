@@ -136,21 +136,28 @@ def _level_number(level: str | int) -> int:
     return number
 
 
-class _CurrentStdout:
-    """Writes to whatever `sys.stdout` is at the time of each write.
+class _CurrentStream:
+    """Writes to whatever `sys.stdout` (or `sys.stderr`) is at the time of each write.
 
-    Binding the stream object at configuration time breaks when stdout is replaced later (test
-    runners capturing output, a daemon started in-process): the old object may be closed by then.
+    Binding the stream object at configuration time breaks when it is replaced later (test runners
+    capturing output, a command run in-process): the old object may be closed by then.
     """
 
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _stream(self) -> TextIO:
+        stream: TextIO = getattr(sys, self.name)
+        return stream
+
     def write(self, text: str) -> int:
-        return sys.stdout.write(text)
+        return self._stream().write(text)
 
     def flush(self) -> None:
-        sys.stdout.flush()
+        self._stream().flush()
 
     def isatty(self) -> bool:
-        return sys.stdout.isatty()
+        return self._stream().isatty()
 
 
 def configure_logging(
@@ -161,7 +168,13 @@ def configure_logging(
     `json` None picks by the stream: a console renderer on a TTY, JSON lines otherwise (journald,
     containers, files). May be called again (on reload or in tests) to change level or format.
     """
-    out: Any = stream if stream is not None else _CurrentStdout()
+    out: Any
+    if stream is None or stream is sys.stdout:
+        out = _CurrentStream("stdout")
+    elif stream is sys.stderr:
+        out = _CurrentStream("stderr")
+    else:
+        out = stream
     as_json = not out.isatty() if json is None else json
     threshold = _level_number(level)
 
