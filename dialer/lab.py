@@ -174,7 +174,8 @@ def write_lab_audio(directory: Path) -> None:
     write_rtp_pcap(directory / "machine.pcap", machine_greeting_pcm())
 
 
-def _udp_port_taken(port: int) -> bool:
+def udp_port_taken(port: int) -> bool:
+    """True when UDP `port` on 127.0.0.1 is bound by someone."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -188,7 +189,7 @@ def free_media_port() -> int:
     for _ in range(100):
         port = free_port(socket.SOCK_DGRAM)
         port -= port % 2
-        if port > 1024 and not any(_udp_port_taken(port + i) for i in range(4)):
+        if port > 1024 and not any(udp_port_taken(port + i) for i in range(4)):
             return port
     raise RuntimeError("no free UDP port pair for sipp media")
 
@@ -234,7 +235,7 @@ class SippPeer:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout_s
-        while not _udp_port_taken(self.port):
+        while not udp_port_taken(self.port):
             if self.proc.poll() is not None:
                 errors = self.errors()[-2000:]
                 raise RuntimeError(f"sipp {self.scenario.name} exited with {self.proc.returncode}: {errors}")

@@ -13,31 +13,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+from dialer.lab import free_media_port, free_port, udp_port_taken
 from dialer.telephony import CallEnded, CallEvent, CallFailed
-from tests.support.servers import free_port
 
 E = TypeVar("E", bound=CallEvent)
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "sipp"
-
-
-def _udp_port_taken(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-        return False
-
-
-def free_media_port() -> int:
-    """An even UDP port with the next three free too (sipp uses RTP/RTCP pairs from -mp)."""
-    for _ in range(100):
-        port = free_port(socket.SOCK_DGRAM)
-        port -= port % 2
-        if port > 1024 and not any(_udp_port_taken(port + i) for i in range(4)):
-            return port
-    raise RuntimeError("no free UDP port pair for sipp media")
 
 
 class Sipp:
@@ -99,7 +80,7 @@ class Sipp:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout_s
-        while not _udp_port_taken(self.port):
+        while not udp_port_taken(self.port):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sipp exited with {self.proc.returncode}: {self.errors()}")
             if time.monotonic() > deadline:
