@@ -9,6 +9,7 @@ import struct
 import subprocess
 import time
 import wave
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -195,25 +196,35 @@ def free_media_port() -> int:
 
 
 class SippPeer:
-    """A long-running sipp UAS on 127.0.0.1 playing a lab scenario for any number of calls.
+    """A sipp UAS on 127.0.0.1 playing `scenario` (a file, or the name of a built-in scenario).
 
-    Every message it sends and receives goes to `message_file` (sipp -trace_msg) and its `<log>`
-    lines to `log_file`, so a test can check the SIP traffic itself.
+    `calls` 0 runs until stopped; otherwise sipp exits after that many calls (or 60 s idle). Every
+    message it sends and receives goes to `message_file` (sipp -trace_msg, unless `trace_messages`
+    is off for load) and its `<log>` lines to `log_file`, so a test can check the SIP traffic itself.
+    `unique_files` puts the port in the trace file names, for several peers of one scenario in one
+    directory.
     """
 
-    def __init__(self, scenario: Path, workdir: Path, *, rtp_echo: bool = False) -> None:
+    def __init__(self, scenario: Path | str, workdir: Path, *, rtp_echo: bool = False, calls: int = 0,
+                 keys: Mapping[str, str] | None = None, trace_messages: bool = True,
+                 unique_files: bool = False) -> None:
         exe = shutil.which("sipp")
         if exe is None:
             raise RuntimeError("sipp is not installed: `make run`/`make test` install it (apt sip-tester)")
         self.exe = exe
-        self.scenario = scenario
+        self.scenario = Path(scenario)
+        self.builtin = isinstance(scenario, str) and not scenario.endswith(".xml")
         self.workdir = workdir.resolve()  # sipp runs in it: its trace paths must not be relative
         self.rtp_echo = rtp_echo
+        self.calls = calls
+        self.keys = dict(keys or {})
+        self.trace_messages = trace_messages
         self.port = free_port(socket.SOCK_DGRAM)
         self.media_port = free_media_port()
-        self.message_file = self.workdir / f"{scenario.stem}_messages.log"
-        self.log_file = self.workdir / f"{scenario.stem}_logs.log"
-        self.error_file = self.workdir / f"{scenario.stem}_errors.log"
+        stem = f"{self.scenario.stem}_{self.port}" if unique_files else self.scenario.stem
+        self.message_file = self.workdir / f"{stem}_messages.log"
+        self.log_file = self.workdir / f"{stem}_logs.log"
+        self.error_file = self.workdir / f"{stem}_errors.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -223,11 +234,15 @@ class SippPeer:
 
     def start(self, timeout_s: float = 5.0) -> None:
         """Start sipp and wait until it has bound its SIP port."""
-        args = [self.exe, "-sf", str(self.scenario), "-i", "127.0.0.1", "-p", str(self.port),
-                "-mp", str(self.media_port),
-                "-trace_msg", "-message_file", str(self.message_file),
+        which = ["-sn", self.scenario.name] if self.builtin else ["-sf", str(self.scenario)]
+        limits = ["-m", str(self.calls), "-timeout", "60s", "-timeout_error"] if self.calls else []
+        args = [self.exe, *which, "-i", "127.0.0.1", "-p", str(self.port), "-mp", str(self.media_port),
+                *limits,
                 "-trace_logs", "-log_file", str(self.log_file),
-                "-trace_err", "-error_file", str(self.error_file)]
+                "-trace_err", "-error_file", str(self.error_file),
+                *(["-trace_msg", "-message_file", str(self.message_file)] if self.trace_messages else [])]
+        for key, value in self.keys.items():
+            args += ["-key", key, value]
         if self.rtp_echo:
             args.append("-rtp_echo")
         # Own session, as for redis-server: Ctrl-C must not end the calls under the dialer's drain.

@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from dialer.lab import free_media_port, free_port, udp_port_taken
+from dialer.lab import SippPeer
 from dialer.telephony import CallEnded, CallEvent, CallFailed
 
 E = TypeVar("E", bound=CallEvent)
@@ -21,7 +19,7 @@ E = TypeVar("E", bound=CallEvent)
 SCENARIOS = Path(__file__).resolve().parent.parent / "sipp"
 
 
-class Sipp:
+class Sipp(SippPeer):
     """One sipp UAS process playing `scenario` for `calls` calls (0 = until stopped).
 
     `scenario` is a file in tests/sipp/ (`uas_*.xml`) or the name of a scenario built into sipp
@@ -38,55 +36,9 @@ class Sipp:
         rtp_echo: bool = False,
         trace_messages: bool = True,
     ) -> None:
-        exe = shutil.which("sipp")
-        if exe is None:
-            raise RuntimeError("sipp is not installed: run `make test` (it installs sip-tester as root)")
-        self.exe = exe
-        self.scenario = SCENARIOS / scenario if scenario.endswith(".xml") else Path(scenario)
-        self.workdir = workdir
-        self.calls = calls
-        self.keys = dict(keys or {})
-        self.rtp_echo = rtp_echo
-        self.trace_messages = trace_messages  # off for load: sipp would log every message
-        self.port = free_port(socket.SOCK_DGRAM)
-        self.media_port = free_media_port()
-        stem = f"{self.scenario.stem}_{self.port}"
-        self.log_file = workdir / f"{stem}_logs.log"
-        self.error_file = workdir / f"{stem}_errors.log"
-        self.message_file = workdir / f"{stem}_messages.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def host(self) -> str:
-        """host:port of this peer, for a trunk or agent URI."""
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 5.0) -> None:
-        """Start sipp and wait until it has bound its SIP port."""
-        which = ["-sf", str(self.scenario)] if self.scenario.suffix == ".xml" else ["-sn", self.scenario.name]
-        limits = ["-m", str(self.calls), "-timeout", "60s", "-timeout_error"] if self.calls else []
-        args = [
-            self.exe, *which, "-i", "127.0.0.1", "-p", str(self.port), "-mp", str(self.media_port), *limits,
-            "-trace_logs", "-log_file", str(self.log_file),
-            "-trace_err", "-error_file", str(self.error_file),
-            *(["-trace_msg", "-message_file", str(self.message_file)] if self.trace_messages else []),
-        ]
-        for key, value in self.keys.items():
-            args += ["-key", key, value]
-        if self.rtp_echo:
-            args.append("-rtp_echo")
-        self.proc = subprocess.Popen(
-            args, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout_s
-        while not udp_port_taken(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sipp exited with {self.proc.returncode}: {self.errors()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("sipp did not bind its port in time")
-            time.sleep(0.02)
+        where: Path | str = SCENARIOS / scenario if scenario.endswith(".xml") else scenario
+        super().__init__(where, workdir, rtp_echo=rtp_echo, calls=calls, keys=keys,
+                         trace_messages=trace_messages, unique_files=True)
 
     def wait(self, timeout_s: float = 10.0) -> int:
         """Wait for sipp to finish its calls; its exit code (0 = every call followed the scenario)."""
@@ -100,24 +52,6 @@ class Sipp:
     async def finished(self, timeout_s: float = 10.0) -> int:
         """`wait` without blocking the event loop (the pool under test keeps serving its workers)."""
         return await asyncio.to_thread(self.wait, timeout_s)
-
-    def stop(self) -> None:
-        """Stop sipp (idempotent)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
-    def errors(self) -> str:
-        """What sipp wrote to its error trace (unexpected messages, failed checks)."""
-        return self.error_file.read_text(errors="replace") if self.error_file.exists() else ""
-
-    def messages(self) -> str:
-        """Every SIP message sipp sent and received."""
-        return self.message_file.read_text(errors="replace") if self.message_file.exists() else ""
 
     def logged_ticks(self, name: str) -> list[int]:
         """Values of `<log message="NAME [clock_tick]"/>` lines, in ms of sipp's clock."""
