@@ -425,11 +425,42 @@ def test_predictive_bias_grows_when_real_abandons_exceed_the_model() -> None:
 
 
 def test_predictive_margin_keeps_a_young_window_conservative() -> None:
-    cautious, bold = trained(margin_z=3.0), trained(margin_z=0.0)
-    young = (60, 0)
+    cautious, bold = trained(margin_z=5.0), trained(margin_z=0.0)
+    young = (200, 0)  # room for 6 abandons: the burst reserve (2) does not bind
     cautious_counts, bold_counts = steer(cautious, young, 60), steer(bold, young, 60)
     assert cautious.goal < bold.goal
     assert sum(cautious_counts) < sum(bold_counts)
+
+
+def trained_at(window: tuple[int, int]) -> PredictivePolicy:
+    """A trained policy whose first window is `window` (not a jump from an empty one)."""
+    policy = make_policy("predictive")
+    assert isinstance(policy, PredictivePolicy)
+    handles, attempts = training()
+    policy.observe(snap(now=0.0, handles=handles, attempts=attempts, window=window))
+    return policy
+
+
+def test_predictive_keeps_headroom_for_the_largest_recent_burst() -> None:
+    window = (4000, 90)  # 2.25 %: room for 30 more abandons before 3 %
+    calm, burnt = trained_at(window), trained_at((4000, 70))
+    for policy in (calm, burnt):  # the burnt campaign loses 20 calls at once
+        policy.dial_count(snap(now=1.0, agent_views=agents(ready=10), window=window))
+    # The calm window keeps the minimum reserve (1) and its whole goal; the one that just lost 20 in
+    # a burst keeps room for another such burst: (30 - 20) / 20 of the goal.
+    assert burnt.goal == pytest.approx(0.5 * calm.goal)
+    # Hours without a burst: the memory of it fades and the goal comes back.
+    for policy in (calm, burnt):
+        policy.dial_count(snap(now=8 * 3600.0, agent_views=agents(ready=10), window=window))
+    assert burnt.goal == pytest.approx(calm.goal)
+
+
+def test_predictive_nearly_stops_when_the_headroom_is_below_the_reserve() -> None:
+    roomy_window, tight_window = (4000, 60), (4000, 119)  # the second is 1 abandon from 3 %
+    roomy, tight = trained_at(roomy_window), trained_at(tight_window)
+    roomy.dial_count(snap(now=1.0, agent_views=agents(ready=10), window=roomy_window))
+    tight.dial_count(snap(now=1.0, agent_views=agents(ready=10), window=tight_window))
+    assert tight.goal < 0.06 * roomy.goal
 
 
 def test_predictive_alpha_initial_knob_sets_aggressiveness() -> None:

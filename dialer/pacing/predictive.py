@@ -21,21 +21,28 @@ The model, on a grid of the next seconds (u = 0 .. ring timeout):
   of many small chances: bursts are what abandon), agents with a normal, and the error of the
   learnt rates adds a common variance that keeps big batches on little data in check.
 
-The controller is a cascade. The outer loops set the goal: the target, lowered by a noise margin
-while the window holds few answers (limit − z·sqrt(limit·(1 − limit)/answers)), then corrected by
-the window's budget (abandons allowed at that rate minus abandons in it); and they measure the
-model's bias: real abandons over the abandons the model expected from its own dials. The inner
-loop moves log α each time the policy dials until the model's expected abandon rate of its dials
-equals goal / bias, so it acts on the model's immediate response instead of waiting for the window.
+The controller is a cascade. The outer loops set the goal: the target, lowered while the window
+holds few answers to the rate g that keeps it z binomial standard deviations under the limit
+(g + z·sqrt(g·(1 − limit)/answers) = limit), then corrected by the window's budget (abandons allowed
+at that rate minus abandons in it), then cut as the window's headroom (abandons it can still take
+before the limit) shrinks towards the largest burst of abandons seen lately: abandons come in
+waves, and a window with room for one wave less than it needs is the one that breaks. They also
+measure the model's bias: real abandons over the abandons the model expected from its own dials.
+The inner loop moves log α each time the policy dials until the model's expected abandon rate of
+its dials equals goal / bias, so it acts on the model's immediate response instead of waiting for
+the window.
 
 Distributions forget old data with a half-life in seconds (never below a minimum effective sample),
 so a list whose answer rate or talk time drifts through the day is tracked. Until it has seen
-enough handles, attempts and live answers, the policy dials progressively.
+enough attempts and live answers, the policy dials progressively. It needs no completed call to
+start: until the talk-time curve has events, busy agents are simply not counted on (calls still in
+progress enter the curve as censored observations from the first tick).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -63,6 +70,8 @@ SURGE_ATTEMPTS = 60.0  # dial outcomes in the recent answer rate that guards aga
 MAX_SURGE = 3.0
 GRID_STEP_S = 2  # time resolution of the horizon
 POISSON_MAX_MEAN = 25.0  # above this many expected answers a normal replaces the Poisson sum
+BURST_S = 30.0  # abandons this close together count as one burst
+BURST_HALF_LIFE_S = 1800.0  # how long the largest burst is remembered (half-life)
 _LOG_FACT = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, 20001)))])  # log(k!) for k <= 20000
 _SQRT2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -102,7 +111,13 @@ class PredictiveParams(PolicyParams):
         1.6, gt=0, le=10,
         description="seconds an answered call can wait for an agent: the 2 s rule less the bridge set-up",
     )
-    min_handles: int = Field(30, ge=1, description="completed calls seen before leaving progressive")
+    min_burst_reserve: float = Field(
+        1.0, gt=0, description="abandons the window keeps in hand for a burst, at least"
+    )
+    min_handles: int = Field(
+        0, ge=0,
+        description="completed calls seen before leaving progressive (until then busy agents count as busy)",
+    )
     min_attempts: int = Field(100, ge=1, description="resolved dial attempts seen before leaving progressive")
     min_live_answers: int = Field(30, ge=1, description="live answers seen before leaving progressive")
     handles_half_life_s: float = Field(
@@ -310,6 +325,9 @@ class PredictivePolicy(PacingPolicy):
     bias: float = 1.0  # real / predicted abandons, measured
     _last_now: float | None = None
     _last_window: tuple[int, int] | None = None
+    _last_control: float | None = None
+    _bursts: deque[tuple[float, int]] = field(default_factory=deque)
+    _peak_burst: float = 0.0
     _pred_abandons_fast: float = 0.0  # model's expected abandons of recent dials (decayed)
     _pred_lives_fast: float = 0.0
     _pred_abandons_slow: float = 0.0  # same, decayed per real live answer, for the bias
@@ -419,11 +437,28 @@ class PredictivePolicy(PacingPolicy):
         # Goal: the target, less a noise margin while the window holds few answers, then corrected by
         # the window's budget (abandons allowed at that rate minus abandons already in it).
         limit, target = snap.abandon_limit, snap.abandon_target
-        noise = math.sqrt(limit * (1.0 - limit) / max(answers, 1))
-        rate = max(0.2 * target, min(target, limit - p.margin_z * noise))
+        # The rate g whose window stays z binomial standard deviations under the limit:
+        # g + z·sqrt(g(1 − limit)/answers) = limit, a quadratic in sqrt(g).
+        b = p.margin_z * math.sqrt((1.0 - limit) / max(answers, 1))
+        root = 0.5 * (-b + math.sqrt(b * b + 4.0 * limit))
+        rate = max(0.2 * target, min(target, root * root))
         allowed = rate * answers
         balance = (allowed - abandons) / max(allowed, 3.0)
         self.goal = rate * min(1.25, max(0.1, 1.0 + p.payback * balance))
+        # Headroom: abandons the window can still take before it breaks the limit. Abandons come in
+        # bursts (a wave of answers meeting no agent), so the window keeps room for the largest
+        # burst seen lately; as the room shrinks towards it, the goal shrinks with it.
+        if new_abandons:
+            self._bursts.append((snap.now, new_abandons))
+        while self._bursts and self._bursts[0][0] <= snap.now - BURST_S:
+            self._bursts.popleft()
+        burst = float(sum(k for _, k in self._bursts))
+        dt = 0.0 if self._last_control is None else max(0.0, snap.now - self._last_control)
+        self._last_control = snap.now
+        self._peak_burst = max(burst, self._peak_burst * 0.5 ** (dt / BURST_HALF_LIFE_S))
+        reserve = max(p.min_burst_reserve, self._peak_burst)
+        headroom = limit * answers - abandons
+        self.goal *= min(1.0, max(0.05, (headroom - reserve) / reserve))
 
     def _steer(self, n: int, predicted_abandons: float, predicted_lives: float) -> None:
         """Inner loop: move α until the model's expected abandon rate of the dials meets the goal."""
