@@ -446,7 +446,7 @@ def test_predictive_keeps_headroom_for_the_largest_recent_burst() -> None:
     calm, burnt = trained_at(window), trained_at((4000, 70))
     for policy in (calm, burnt):  # the burnt campaign loses 20 calls at once
         policy.dial_count(snap(now=1.0, agent_views=agents(ready=10), window=window))
-    # The calm window keeps the minimum reserve (1) and its whole goal; the one that just lost 20 in
+    # The calm window keeps the minimum reserve (2) and its whole goal; the one that just lost 20 in
     # a burst keeps room for another such burst: (30 - 20) / 20 of the goal.
     assert burnt.goal == pytest.approx(0.5 * calm.goal)
     # Hours without a burst: the memory of it fades and the goal comes back.

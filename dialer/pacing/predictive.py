@@ -112,7 +112,7 @@ class PredictiveParams(PolicyParams):
         description="seconds an answered call can wait for an agent: the 2 s rule less the bridge set-up",
     )
     min_burst_reserve: float = Field(
-        1.0, gt=0, description="abandons the window keeps in hand for a burst, at least"
+        2.0, gt=0, description="abandons the window keeps in hand for a burst, at least"
     )
     min_handles: int = Field(
         0, ge=0,
