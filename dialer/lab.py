@@ -4,6 +4,7 @@ our own, always stopped by whoever started them."""
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -14,6 +15,23 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0,
+                 sig: int | None = signal.SIGTERM) -> int:
+    """Send `sig` to `proc` if it still runs (None: just wait for it), SIGKILL it after `timeout_s`.
+
+    Returns its exit code.
+    """
+    if proc.poll() is None:
+        if sig is not None:
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -73,13 +91,8 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stop the server (idempotent)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc, 10.0)
         self.proc = None
 
 
@@ -261,13 +274,8 @@ class SippPeer:
 
     def stop(self) -> None:
         """Stop sipp (idempotent); it flushes its traces on SIGTERM."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            stop_process(self.proc, 5.0)
 
     def errors(self) -> str:
         """What sipp wrote to its error trace (unexpected messages, failed checks)."""

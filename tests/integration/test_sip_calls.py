@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dialer.lab import write_rtp_pcap
 from dialer.outcomes import AnswerKind, Outcome
 from dialer.telephony import (
     CallAnswered,
@@ -23,7 +24,6 @@ from dialer.telephony import (
 from sip.pool import SipPool
 from tests.integration.sip_helpers import dial, loopback_settings, request
 from tests.support.audio import human_answer, machine_greeting, tone, write_wav
-from tests.support.rtp_pcap import write_rtp_pcap
 from tests.support.sipp import EventRecorder, running_sipp
 
 pytestmark = pytest.mark.integration

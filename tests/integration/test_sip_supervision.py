@@ -15,13 +15,13 @@ import pytest
 
 from dialer.compliance.gate import mint_clearance
 from dialer.errors import ClearanceError, TelephonyError
+from dialer.lab import write_rtp_pcap
 from dialer.outcomes import Outcome
 from dialer.telephony import AgentTarget, CallAnswered, CallEnded, CallFailed, CallRinging, TransferMode
 from sip.pool import SipPool
 from sip.wav import AudioFormatError
 from tests.integration.sip_helpers import dial, loopback_settings, request
 from tests.support.audio import human_answer, write_wav
-from tests.support.rtp_pcap import write_rtp_pcap
 from tests.support.servers import free_port
 from tests.support.sipp import EventRecorder, running_sipp
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from dialer.lab import stop_process
 from sip import protocol as p
 
 pytestmark = pytest.mark.integration
@@ -59,11 +60,7 @@ def worker() -> Iterator[_Worker]:
         yield w
     finally:
         w.sock.close()
-        try:
-            w.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            w.proc.kill()
-            w.proc.wait(timeout=5)
+        stop_process(w.proc, 5.0, sig=None)  # closing its socket ends the worker
 
 
 def test_handshake_commands_and_clean_exit_when_the_pool_goes_away(worker: _Worker) -> None:

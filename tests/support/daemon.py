@@ -13,6 +13,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from dialer.lab import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_LEADS = REPO / "config" / "leads" / "sample.csv"
 
@@ -165,12 +167,6 @@ class DaemonProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
         """Send `sig` and wait for the exit code (SIGKILL after `timeout_s`)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        code = stop_process(self.proc, timeout_s, sig)
         self._log.close()
-        return self.proc.returncode
+        return code
