@@ -5,7 +5,8 @@ Keys of campaign C (the `{C}` hash tag keeps a campaign's keys in one Cluster sl
 - `dialer:{C}:lead:<id>` hash: number, zones, `d:<column>` per data column (short separate fields
   keep the hash in Redis's compact listpack encoding: half the memory of one long JSON value),
   attempts, state (scheduled|leased|done), due_at; while leased: token, node, lease_until (Redis
-  server ms), claimed_at; afterwards outcome, disposition, callback_at, lease_losses.
+  server ms), claimed_at; afterwards outcome, disposition, callback_at, lease_losses, done_seq (the
+  lease sequence number whose attempt was recorded last: a retried completion is not written twice).
 - `dialer:{C}:hopper` sorted set: scheduled lead ids by next-attempt time (the caller's epoch clock).
 - `dialer:{C}:leases` sorted set: leased lead ids by lease expiry (Redis server clock, ms).
 - `dialer:{C}:done` set: finished lead ids. `dialer:{C}:meta` hash: lead count, lease sequence.
@@ -17,6 +18,8 @@ Keys of campaign C (the `{C}` hash tag keeps a campaign's keys in one Cluster sl
 - `dialer:{C}:import:<random>` hash: lead id -> first line, for duplicates within one import; deleted
   at its end (expires after a day if the importer dies).
 - `dialer:campaigns` set: campaigns that have leads (the reaper walks it).
+- `dialer:{C}:claim:<store>:<n>` list: one claim's (lead id, lease sequence) pairs, kept for a lease, so a
+  retried claim (its reply lost to a Redis restart) returns the same leads instead of leasing more.
 
 Every state change is one Lua script, so a lead is in exactly one of hopper, leases or done, and a
 lead is leased by one node at a time. Lease expiry is measured on the Redis server's clock, never a
@@ -27,6 +30,7 @@ node's, so nodes with skewed clocks still agree on who holds what. Due times are
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -34,7 +38,7 @@ import secrets
 import socket
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self, cast
 
@@ -130,13 +134,41 @@ redis.call('SADD', KEYS[4], ARGV[3])
 return out
 """
 
-# KEYS: hopper, leases, meta
+# KEYS: hopper, leases, meta, receipt
 # ARGV: due cutoff (caller clock), count, lease ms, node, lead key prefix, claimed_at (caller clock)
+# The receipt (the claim's id and token pairs, kept for a lease) makes the claim idempotent: a client
+# retry of a claim whose reply was lost (Redis stopped right after running it) gets the same leads back
+# instead of leasing more while the first ones sit unknown until their leases expire.
 _CLAIM = _NOW_MS + """
+local function row(id, token)
+  local key = ARGV[5] .. id
+  local lead = {id, token, 0, '', ''}
+  local all = redis.call('HGETALL', key)
+  for j = 1, #all, 2 do
+    local name = all[j]
+    if name == 'attempts' then lead[3] = tonumber(all[j + 1]) - 1
+    elseif name == 'number' then lead[4] = all[j + 1]
+    elseif name == 'zones' then lead[5] = all[j + 1]
+    elseif string.sub(name, 1, 2) == 'd:' then
+      lead[#lead + 1] = string.sub(name, 3)
+      lead[#lead + 1] = all[j + 1]
+    end
+  end
+  return lead
+end
+local out = {}
+local done = redis.call('LRANGE', KEYS[4], 0, -1)
+if #done > 0 then
+  for i = 1, #done, 2 do
+    local token = ARGV[4] .. '/' .. done[i + 1]
+    local f = redis.call('HMGET', ARGV[5] .. done[i], 'state', 'token')
+    if f[1] == 'leased' and f[2] == token then out[#out + 1] = row(done[i], token) end
+  end
+  return out
+end
 local lease_until = now_ms() + tonumber(ARGV[3])
 local hits = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[2]),
                         'WITHSCORES')
-local out = {}
 for i = 1, #hits, 2 do
   local id, due = hits[i], hits[i + 1]
   local key = ARGV[5] .. id
@@ -144,25 +176,17 @@ for i = 1, #hits, 2 do
   if redis.call('HGET', key, 'state') == 'scheduled' then
     -- The attempt number is taken here, at claim: whatever happens to this node, the next claim of
     -- the lead gets a new number, so no attempt number is ever dialled twice.
-    local attempt = redis.call('HINCRBY', key, 'attempts', 1)
-    local token = ARGV[4] .. '/' .. redis.call('HINCRBY', KEYS[3], 'lease_seq', 1)
+    redis.call('HINCRBY', key, 'attempts', 1)
+    local seq = redis.call('HINCRBY', KEYS[3], 'lease_seq', 1)
+    local token = ARGV[4] .. '/' .. seq
     redis.call('HSET', key, 'state', 'leased', 'token', token, 'node', ARGV[4], 'lease_until', lease_until,
                'due_at', due, 'claimed_at', ARGV[6])
     redis.call('ZADD', KEYS[2], lease_until, id)
-    local lead = {id, token, attempt - 1, '', ''}
-    local all = redis.call('HGETALL', key)
-    for j = 1, #all, 2 do
-      local name = all[j]
-      if name == 'number' then lead[4] = all[j + 1]
-      elseif name == 'zones' then lead[5] = all[j + 1]
-      elseif string.sub(name, 1, 2) == 'd:' then
-        lead[#lead + 1] = string.sub(name, 3)
-        lead[#lead + 1] = all[j + 1]
-      end
-    end
-    out[#out + 1] = lead
+    redis.call('RPUSH', KEYS[4], id, seq)
+    out[#out + 1] = row(id, token)
   end
 end
+if #out > 0 then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
 return out
 """
 
@@ -171,7 +195,12 @@ return out
 #       record's attempt number, then the CDR's field/value pairs
 _COMPLETE = _NOW_MS + _XADD + _APPEND_LINE + """
 local now = now_ms()
-local f = redis.call('HMGET', KEYS[1], 'state', 'token', 'lease_until', 'callback_at', 'attempts')
+local f = redis.call('HMGET', KEYS[1], 'state', 'token', 'lease_until', 'callback_at', 'attempts',
+                     'done_seq')
+-- A client retry of a completion whose reply was lost (Redis stopped after running it): already recorded.
+-- A token is '<node>/<campaign lease sequence>', so the sequence number alone identifies the lease.
+local seq = string.match(ARGV[2], '/(%d+)$')
+if seq and f[6] == seq then return {'ok', 'repeat'} end
 if f[1] ~= 'leased' or f[2] ~= ARGV[2] then return {'lost', f[1] or 'missing'} end
 if tonumber(f[3]) < now then return {'lost', 'expired'} end
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -187,7 +216,7 @@ if f[4] then
   redis.call('HDEL', KEYS[1], 'callback_at')
 end
 redis.call('HDEL', KEYS[1], 'token', 'node', 'lease_until', 'claimed_at')
-redis.call('HSET', KEYS[1], 'outcome', ARGV[4], 'disposition', ARGV[5])
+redis.call('HSET', KEYS[1], 'outcome', ARGV[4], 'disposition', ARGV[5], 'done_seq', seq or '')
 if nxt ~= '' then
   redis.call('HSET', KEYS[1], 'state', 'scheduled', 'due_at', nxt)
   redis.call('ZADD', KEYS[2], nxt, ARGV[1])
@@ -411,6 +440,9 @@ class RedisLeadStore:
         self._owns_client = owns_client
         self._closed = False
         self._held: defaultdict[str, dict[str, str]] = defaultdict(dict)
+        # Claim receipts are this store's alone: a restarted node with the same id never reads old ones.
+        self._claim_id = secrets.token_hex(8)
+        self._claim_seq: Iterator[int] = itertools.count(1)
         self._import = client.register_script(_IMPORT)
         self._claim = client.register_script(_CLAIM)
         self._complete = client.register_script(_COMPLETE)
@@ -520,7 +552,9 @@ class RedisLeadStore:
         """Lease up to `count` leads due at `now` (oldest due first) to this node."""
         if count <= 0:
             return []
-        keys = [self._key(campaign, "hopper"), self._key(campaign, "leases"), self._key(campaign, "meta")]
+        receipt = self._key(campaign, f"claim:{self._claim_id}:{next(self._claim_seq)}")
+        keys = [self._key(campaign, "hopper"), self._key(campaign, "leases"), self._key(campaign, "meta"),
+                receipt]
         args: list[str | int | float] = [now, count, round(self.lease_s * 1000), self.node_id,
                                          self._lead_prefix(campaign), now]
         rows: list[list[Any]] = await self._claim(keys=keys, args=args)

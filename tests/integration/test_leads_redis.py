@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import csv
 import io
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -152,6 +153,40 @@ async def test_expired_leases_return_to_the_hopper_and_late_completion_is_refuse
             (1, Outcome.FAILED, "lease_expired"), (2, Outcome.LIVE, "")]
         assert history[0].call_id == f"lease:{lost[1].lease}" and history[0].number == lost[1].number
         assert (await live.counts("c1", time.time())).done == 3
+
+
+async def test_a_retried_claim_gets_the_same_leads(store: RedisLeadStore) -> None:
+    """The client retries a claim whose reply was lost: the retry carries the same receipt key, so it
+    returns the leads the first run leased (still leased to it) instead of leasing more."""
+    await import_numbers(store, "c1", numbers(5))
+    store._claim_seq = itertools.repeat(7)  # every claim below is a retry of the first one
+    first = await store.claim("c1", 2, time.time())
+    again = await store.claim("c1", 2, time.time())
+    assert [(x.lead_id, x.lease, x.attempts, x.number, x.data) for x in again] == [
+        (x.lead_id, x.lease, x.attempts, x.number, x.data) for x in first]
+    assert (await store.counts("c1", time.time())).leased == 2
+    await store.complete(first[0], record(first[0], Outcome.BUSY, time.time()), retry_at=None)
+    assert [x.lead_id for x in await store.claim("c1", 2, time.time())] == [first[1].lead_id]  # still held
+    store._claim_seq = itertools.count(8)
+    assert len(await store.claim("c1", 5, time.time())) == 3  # a new claim takes the rest
+
+
+async def test_a_retried_completion_is_recorded_once(store: RedisLeadStore) -> None:
+    """The client retries a completion whose reply was lost (Redis stopped right after running it):
+    the repeat is accepted and writes nothing, even once the lead is leased again."""
+    await import_numbers(store, "c1", numbers(1))
+    [lead] = await store.claim("c1", 1, time.time())
+    rec = record(lead, Outcome.BUSY, time.time())
+    await store.complete(lead, rec, retry_at=time.time() - 1)
+    await store.complete(lead, rec, retry_at=time.time() - 1)  # the retry: no error, nothing written
+    assert [r.outcome for r in await store.history("c1", lead.lead_id)] == [Outcome.BUSY]
+    assert await store.redis.xlen("dialer:{c1}:cdr") == 1
+    [again] = await store.claim("c1", 1, time.time())
+    assert again.lease != lead.lease and again.attempts == 1
+    await store.complete(lead, rec, retry_at=None)  # a late repeat: the new lease is untouched
+    assert (await store.lead_info("c1", lead.lead_id)).state == "leased"  # type: ignore[union-attr]
+    await store.complete(again, record(again, Outcome.LIVE, time.time()), retry_at=None)
+    assert [r.outcome for r in await store.history("c1", lead.lead_id)] == [Outcome.BUSY, Outcome.LIVE]
 
 
 async def test_maintain_renews_held_leases_and_repeated_loss_finishes_a_lead(redis_url: str) -> None:
