@@ -38,6 +38,7 @@ from dialer.outcomes import AgentState, AnswerKind, Outcome
 from dialer.pacing import PacingPolicy, make_policy
 from dialer.pacing.base import AgentView, AttemptResult, HandleResult, PacingSnapshot, RingingCall
 from dialer.telephony import (
+    MIN_RING_TIMEOUT_S,
     AgentConnected,
     AgentConnectFailed,
     AgentTarget,
@@ -129,10 +130,12 @@ class ActiveCall:
     campaign: CampaignRuntime
     state: CallState = CallState.DIALLING
     dialled_at: float = 0.0
+    ringing_at: float | None = None  # first ringing indication (180/183) from the network
     answered_at: float | None = None
     deadline: asyncio.TimerHandle | None = None
     grace: asyncio.TimerHandle | None = None
     counted_live: bool = False  # recorded in the abandon ledger already
+    shed: bool = False  # cancelled unanswered by pacing after the minimum ring time
 
 
 @dataclass(slots=True)
@@ -147,6 +150,7 @@ class CampaignStats:
     connected: int = 0
     failures: int = 0
     opt_outs: int = 0
+    shed: int = 0
     ticks: int = 0
 
 
@@ -404,7 +408,7 @@ class Engine:
         ringing = []
         waiting = 0
         for call in rt.calls.values():
-            if call.state in (CallState.DIALLING, CallState.RINGING):
+            if call.state in (CallState.DIALLING, CallState.RINGING) and not call.shed:
                 ringing.append(RingingCall(now - call.dialled_at))
             elif call.state is CallState.WAITING:
                 waiting += 1
@@ -437,6 +441,9 @@ class Engine:
         snap = self.snapshot(rt, now, status.live_answers, status.abandons, status.limit_reached)
         count = rt.policy.dial_count(snap)
         rt.last_dial_count = count
+        keep = rt.policy.late_calls_to_keep(snap)
+        if keep is not None:
+            await self._shed(rt, now, keep)
         if self.metrics is not None:
             self._publish(rt, snap, status.rate)
         count = min(count, self.telephony.capacity())
@@ -450,6 +457,28 @@ class Engine:
             if not leads or placed >= count:
                 break
         return placed
+
+    async def _shed(self, rt: CampaignRuntime, now: float, keep: int) -> None:
+        """Cancel unanswered calls that have rung the regulatory minimum, all but the `keep` youngest.
+
+        Pacing keeps a late call only while an agent is there for it: a call cancelled before it is
+        answered is a no-answer to be retried, one answered with no agent is an abandon. The minimum
+        (15 s, FTC/FCC and Ofcom) counts from the first ringing indication, not from the INVITE: a
+        call the network has not reported ringing is never shed.
+        """
+        late = [c for c in rt.calls.values()
+                if c.state is CallState.RINGING and not c.shed and c.ringing_at is not None
+                and now - c.ringing_at >= MIN_RING_TIMEOUT_S]
+        if len(late) <= keep:
+            return
+        # Oldest first: the youngest, kept, still have the most chance of an answer.
+        late.sort(key=lambda c: (c.ringing_at, c.dialled_at))
+        for call in late[: len(late) - max(keep, 0)]:
+            call.shed = True
+            rt.stats.shed += 1
+            if self.metrics is not None:
+                self.metrics.calls_shed.labels(campaign=rt.name).inc()
+            await self._hangup(call.request.call_id)
 
     def _publish(self, rt: CampaignRuntime, snap: PacingSnapshot, window_rate: float) -> None:
         """Pacing and agent gauges of one campaign, as of this tick."""
@@ -531,6 +560,7 @@ class Engine:
             case CallRinging():
                 if call.state is CallState.DIALLING:
                     call.state = CallState.RINGING
+                    call.ringing_at = self.clock()
             case CallAnswered():
                 self._on_answered(call, event)
             case AgentConnected():
@@ -695,14 +725,19 @@ class Engine:
             )
 
     def _on_failed(self, call: ActiveCall, ev: CallFailed) -> None:
+        failed, reason = ev.outcome, ev.reason
+        if call.shed and call.answered_at is None:
+            # Cancelled by pacing after the minimum ring: unanswered so far, retried as a no-answer.
+            failed, reason = Outcome.NO_ANSWER, "shed"
         if call.answered_at is None:
             ring_s = max(0.0, self.clock() - call.dialled_at)
-            call.campaign.new_attempts.append(AttemptResult(ev.outcome, ring_s))
+            # A shed call did not resolve: it is only known to ring longer than it did.
+            call.campaign.new_attempts.append(AttemptResult(failed, ring_s, censored=call.shed))
             call.campaign.stats.failures += 1
-        call.record.sip_status, call.record.reason = ev.sip_status, ev.reason
-        outcome = call.record.outcome if call.record.outcome is not None else ev.outcome
+        call.record.sip_status, call.record.reason = ev.sip_status, reason
+        outcome = call.record.outcome if call.record.outcome is not None else failed
         self._release_call(call)
-        self._spawn(self._finish(call, outcome, reason=ev.reason))
+        self._spawn(self._finish(call, outcome, reason=reason))
 
     def _on_ended(self, call: ActiveCall, ev: CallEnded) -> None:
         outcome = call.record.outcome

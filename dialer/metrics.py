@@ -181,6 +181,12 @@ class DialerMetrics:
             ["campaign"],
             registry=r,
         )
+        self.calls_shed = Counter(
+            "dialer_calls_shed",
+            "Unanswered calls pacing cancelled after the minimum ring time, for want of an agent.",
+            ["campaign"],
+            registry=r,
+        )
         self.abandon_rate = Gauge(
             "dialer_abandon_rate",
             "Abandons divided by live answers over the rolling regulatory window (ratio).",

@@ -27,6 +27,7 @@ from dialer.telephony import (
     CallEnded,
     CallEvent,
     CallFailed,
+    CallRinging,
     DialRequest,
     DtmfReceived,
     EventHandler,
@@ -436,3 +437,64 @@ def test_abandon_records_are_retried_while_the_ledger_is_away() -> None:
         assert failures == [0] and status.live_answers == 1
 
     run_virtual(body)
+
+
+def test_calls_ringing_past_the_minimum_are_shed_youngest_kept_and_recorded_as_censored() -> None:
+    from dialer.pacing.base import AttemptResult, PacingPolicy, PacingSnapshot
+
+    registry = CollectorRegistry()
+    metrics = DialerMetrics(registry)
+
+    @dataclass
+    class KeepOne(PacingPolicy):
+        """Dials nothing itself; keeps one late call; remembers what it was shown."""
+
+        name = "keep_one"
+        seen: list[PacingSnapshot] = field(default_factory=list)
+
+        def observe(self, snap: PacingSnapshot) -> None:
+            self.seen.append(snap)
+
+        def decide(self, snap: PacingSnapshot) -> int:
+            self.observe(snap)
+            return 0
+
+        def late_calls_to_keep(self, snap: PacingSnapshot) -> int | None:
+            return 1
+
+    async def body(rig: Rig) -> None:
+        rt = rig.engine.campaigns["c"]
+        policy = KeepOne()
+        rt.policy = policy
+        rig.pool.transition("a0", AgentState.READY)
+        for _ in range(4):  # four calls placed 2 s apart; the network reports three of them ringing
+            [lead] = await rig.leads.claim("c", 1, rig.engine.clock())
+            await rig.engine._dial(rt, lead)
+            await rig.step(2)
+        first, second, third, silent = (r.call_id for r in rig.tel.dialled)
+        for call_id in (first, second, third):
+            rig.tel.emit(CallRinging(call_id))  # the minimum ring counts from here
+        await rig.step(14.5)  # ringing 14.5 s: under the minimum, nothing is shed
+        assert not any(kind == "hangup" for kind, _ in rig.tel.log)
+        await rig.step(5.0)  # past 15 s: two of the three go, the youngest stays
+        hangups = [call_id for kind, call_id in rig.tel.log if kind == "hangup"]
+        assert hangups == [first, second]  # and the one never reported ringing is not shed at all
+        assert not rig.engine._calls[silent].shed
+        await rig.step(1.0)
+        assert len(policy.seen[-1].ringing) == 2  # shed calls no longer count as ringing
+        for call_id in (first, second):  # as the SIP layer reports a call it cancelled
+            rig.tel.emit(CallFailed(call_id, Outcome.FAILED, 487, "cancelled"))
+        await rig.step(1.0)
+        assert [(r.call_id, r.outcome, r.reason) for r in rig.leads.records] == [
+            (first, Outcome.NO_ANSWER, "shed"), (second, Outcome.NO_ANSWER, "shed")]
+        attempts = [a for s in policy.seen for a in s.new_attempts]
+        assert [(a.outcome, a.censored) for a in attempts] == [(Outcome.NO_ANSWER, True)] * 2
+        assert all(a.ring_s >= 15.0 for a in attempts)
+        assert rt.stats.shed == 2
+        rig.tel.emit(CallFailed(third, Outcome.NO_ANSWER, 487, "ring_timeout"))  # the kept one times out
+        await rig.step(1.0)
+        assert rig.leads.records[-1].reason == "ring_timeout"
+        assert AttemptResult(Outcome.NO_ANSWER, 0.0).censored is False
+
+    run_virtual(body, numbers=4, metrics=metrics)
+    assert registry.get_sample_value("dialer_calls_shed_total", {"campaign": "c"}) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import pytest
 
 from dialer.errors import ConfigError
@@ -541,3 +542,49 @@ def test_predictive_payback_scales_the_goal_correction() -> None:
     steer(strict, window, ticks=2)
     steer(lenient, window, ticks=2)
     assert strict.goal < lenient.goal
+
+
+def test_ring_curves_count_shed_calls_as_censored_not_as_failures() -> None:
+    from dialer.pacing.predictive import _cumulative_incidence
+
+    # 100 dials: 20 answer live at 7 s, 10 at 17 s, 70 ring out at 25 s. Half of the 80 still ringing
+    # at 15 s are shed then: in expectation 5 of the late answers and 35 of the ring-outs.
+    resolved, live, shed = np.zeros(30), np.zeros(30), np.zeros(30)
+    resolved[7] = live[7] = 20
+    resolved[17] = live[17] = 5
+    resolved[25] = 35
+    shed[15] = 40
+    live_cum, unresolved = _cumulative_incidence(resolved, live, shed)
+    assert live_cum[14] == pytest.approx(0.20) and unresolved[14] == pytest.approx(0.80)
+    assert live_cum[-1] == pytest.approx(0.30)  # the chance of a live answer is not lowered by shedding
+    assert unresolved[-1] == pytest.approx(0.0)
+    # Nothing shed: the plain cumulative shares.
+    resolved[17] = live[17] = 10
+    resolved[25] = 70
+    live_cum, unresolved = _cumulative_incidence(resolved, live, np.zeros(30))
+    assert np.allclose(live_cum, np.cumsum(live) / 100)
+    assert np.allclose(unresolved, 1 - np.cumsum(resolved) / 100)
+
+
+def test_predictive_keeps_late_calls_only_for_ready_agents() -> None:
+    views = agents(ready=3, talking=[40.0] * 7)
+    assert make_policy("predictive").late_calls_to_keep(snap(agent_views=views)) is None  # progressive yet
+    policy = trained()
+    assert policy.late_calls_to_keep(snap(agent_views=views, waiting=1)) == 2
+    assert policy.late_calls_to_keep(snap(agent_views=views, waiting=5)) == 0
+    assert trained(shed_late_calls=False).late_calls_to_keep(snap(agent_views=views)) is None
+    # Once this tick's decision has run, an agent about to finish wrap-up counts as one there for it.
+    finishing = snap(now=1.0, agent_views=agents(ready=1, wrap=[14.5, 2.0]), window=(5000, 100))
+    policy.dial_count(finishing)
+    assert policy.late_calls_to_keep(finishing) == 2
+    for name in ("progressive", "ratio", "vicidial_adaptive", "issabel"):  # the baselines never shed
+        assert make_policy(name).late_calls_to_keep(snap(agent_views=views)) is None
+
+
+def test_predictive_surge_guard_is_not_fooled_by_shed_calls() -> None:
+    policy = trained(p_live=0.25)
+    # Recent dials answer as before within 15 s; the rest are shed at 16 s instead of ringing out.
+    shed = AttemptResult(Outcome.NO_ANSWER, 16.0, censored=True)
+    recent = [AttemptResult(Outcome.LIVE, 7.0)] * 16 + [shed] * 64
+    policy.observe(snap(now=0.5, attempts=recent, window=(5000, 100)))
+    assert policy._surge() == 1.0

@@ -39,6 +39,7 @@ class AttemptResult:
 
     outcome: Outcome  # LIVE for any human answer, MACHINE, or a failure outcome
     ring_s: float  # INVITE to answer or to failure
+    censored: bool = False  # cancelled by pacing while still ringing: it only rang longer than ring_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,14 @@ class PacingPolicy(ABC):
         else:
             n = self.decide(snap)
         return max(0, min(n, snap.max_lines - snap.in_flight))
+
+    def late_calls_to_keep(self, snap: PacingSnapshot) -> int | None:
+        """How many unanswered calls that have rung the regulatory minimum (15 s) to keep ringing.
+
+        The engine cancels the others, oldest first. None (the default) keeps every call until it
+        resolves or reaches the campaign's ring timeout.
+        """
+        return None
 
     def observe(self, snap: PacingSnapshot) -> None:  # noqa: B027 - optional hook, empty by default
         """Learn from a snapshot on ticks where `decide` is not called."""

@@ -32,6 +32,13 @@ The inner loop moves log α each time the policy dials until the model's expecte
 its dials equals goal / bias, so it acts on the model's immediate response instead of waiting for
 the window.
 
+Shedding: a call still ringing after the regulatory minimum ring (15 s) is kept only while an
+agent is there for it (free within the connect deadline); the engine cancels the rest
+(`late_calls_to_keep`). A shed call is a no-answer to retry, not an abandon, so the risk of a new
+dial lies in the answers it may bring before then (the model's horizon ends two seconds after the
+minimum ring). Shed calls enter the ring-time curves as censored observations (Aalen-Johansen), so
+shedding does not lower the learnt chance of a live answer.
+
 Distributions forget old data with a half-life in seconds (never below a minimum effective sample),
 so a list whose answer rate or talk time drifts through the day is tracked. Until it has seen
 enough attempts and live answers, the policy dials progressively. It needs no completed call to
@@ -52,6 +59,7 @@ from pydantic import Field, model_validator
 
 from dialer.outcomes import AgentState
 from dialer.pacing.base import PacingPolicy, PacingSnapshot, PolicyParams, progressive_count
+from dialer.telephony import MIN_RING_TIMEOUT_S
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -112,7 +120,12 @@ class PredictiveParams(PolicyParams):
         description="seconds an answered call can wait for an agent: the 2 s rule less the bridge set-up",
     )
     min_burst_reserve: float = Field(
-        2.0, gt=0, description="abandons the window keeps in hand for a burst, at least"
+        1.0, gt=0, description="abandons the window keeps in hand for a burst, at least"
+    )
+    shed_late_calls: bool = Field(
+        True,
+        description="cancel calls unanswered after the 15 s minimum ring beyond the agents free for them "
+                    "(no-answers, retried later, instead of likely abandons)",
     )
     min_handles: int = Field(
         0, ge=0,
@@ -188,6 +201,23 @@ def _survival(events: FloatArray, censored: FloatArray | None = None) -> FloatAr
         rate = float(events.sum()) / max(float(at_risk.sum()), 1.0)
     surv[x0:] = surv[x0] * np.exp(-rate * np.arange(n - x0))
     return surv
+
+
+def _cumulative_incidence(resolved: FloatArray, live: FloatArray,
+                          censored: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """P(live answer by t) and P(still unresolved after t) from ring-time histograms (Aalen-Johansen).
+
+    `resolved` holds every resolved attempt by ring time, `live` the live answers among them,
+    `censored` the calls cancelled while still ringing (shed): they count as at risk up to their
+    cancellation and no further. Without censoring this is the plain cumulative share.
+    """
+    at_risk = np.cumsum((resolved + censored)[::-1])[::-1]
+    ok = at_risk > 0
+    hazard = np.divide(resolved, at_risk, out=np.zeros_like(resolved), where=ok)
+    unresolved: FloatArray = np.cumprod(1.0 - np.minimum(hazard, 1.0)).astype(np.float64)
+    before = np.concatenate([[1.0], unresolved[:-1]])
+    live_cum: FloatArray = np.cumsum(before * np.divide(live, at_risk, out=np.zeros_like(live), where=ok))
+    return live_cum, unresolved
 
 
 @dataclass
@@ -339,12 +369,15 @@ class PredictivePolicy(PacingPolicy):
     _wrap: _Decayed = field(default_factory=lambda: _Decayed(MAX_WRAP_S + 1))
     _ring_all: _Decayed = field(default_factory=lambda: _Decayed(MAX_RING_S + 1))
     _ring_live: _Decayed = field(default_factory=lambda: _Decayed(MAX_RING_S + 1))
+    _ring_shed: _Decayed = field(default_factory=lambda: _Decayed(MAX_RING_S + 1))  # censored
     _in_progress: FloatArray = field(default_factory=lambda: np.zeros(MAX_HANDLE_S + 1))
     _censored_at: float = -math.inf
     _recent_attempts: float = 0.0  # the last ~SURGE_ATTEMPTS dial outcomes (decayed)
     _recent_lives: float = 0.0
     _talk_built_at: float = -math.inf
     _wrap_built_at: float = -math.inf
+    _free_now: float = 0.0  # agents free within the connect deadline, as of `_free_now_at`
+    _free_now_at: float = -math.inf
     # Derived tables, rebuilt when the histograms change.
     _talk_surv: FloatArray = field(default_factory=lambda: np.ones(MAX_HANDLE_S + 1))
     _wrap_surv: FloatArray = field(default_factory=lambda: np.ones(MAX_WRAP_S + 1))
@@ -376,6 +409,18 @@ class PredictivePolicy(PacingPolicy):
             and self._lives_seen >= p.min_live_answers
         )
 
+    def late_calls_to_keep(self, snap: PacingSnapshot) -> int | None:
+        """Keep a call that has rung the minimum only while an agent is there for it.
+
+        Agents there for it: the ones free within the connect deadline (ready ones, and busy ones by
+        their chance of finishing that soon, as this tick's decision computed), less the answered
+        calls already waiting for one.
+        """
+        if not self._p.shed_late_calls or not self.warmed_up:
+            return None
+        free = self._free_now if self._free_now_at == snap.now else float(snap.ready)
+        return max(0, int(free - snap.waiting + 0.5))
+
     # -- learning ---------------------------------------------------------------------------------
 
     def observe(self, snap: PacingSnapshot) -> None:
@@ -393,17 +438,23 @@ class PredictivePolicy(PacingPolicy):
             attempts = _forgetting(factor, self._ring_all.mass, p.min_effective_attempts)
             self._ring_all.scale(attempts)
             self._ring_live.scale(attempts)
+            self._ring_shed.scale(attempts)
         for handle in snap.new_handles:
             self._talk.add(handle.talk_s)
             self._wrap.add(handle.wrap_s)
             self._handles_seen += 1
         keep = math.exp(-1.0 / SURGE_ATTEMPTS)
         for attempt in snap.new_attempts:
+            # The surge guard compares live answers within the minimum ring, which every attempt
+            # reveals (calls are shed only after it), with the learnt chance of one.
+            live = attempt.outcome.is_live and not attempt.censored
+            self._recent_attempts = self._recent_attempts * keep + 1.0
+            self._recent_lives = self._recent_lives * keep + (live and attempt.ring_s < MIN_RING_TIMEOUT_S)
+            if attempt.censored:
+                self._ring_shed.add(attempt.ring_s)
+                continue
             self._ring_all.add(attempt.ring_s)
             self._attempts_seen += 1
-            live = attempt.outcome.is_live
-            self._recent_attempts = self._recent_attempts * keep + 1.0
-            self._recent_lives = self._recent_lives * keep + live
             if live:
                 self._ring_live.add(attempt.ring_s)
                 self._lives_seen += 1
@@ -489,12 +540,11 @@ class PredictivePolicy(PacingPolicy):
             total = cdf[-1] if cdf[-1] > 0 else 1.0
             self._wrap_q = np.searchsorted(cdf / total, WRAP_QUANTILES).astype(np.int64)
             self._wrap.changed = False
-        if self._ring_all.changed or self._ring_live.changed:
-            total = self._ring_all.mass
-            if total > 0:
-                self._live_cum = np.cumsum(self._ring_live.weights) / total
-                self._unresolved = 1.0 - np.cumsum(self._ring_all.weights) / total
-            self._ring_all.changed = self._ring_live.changed = False
+        if self._ring_all.changed or self._ring_live.changed or self._ring_shed.changed:
+            if self._ring_all.mass > 0:
+                self._live_cum, self._unresolved = _cumulative_incidence(
+                    self._ring_all.weights, self._ring_live.weights, self._ring_shed.weights)
+            self._ring_all.changed = self._ring_live.changed = self._ring_shed.changed = False
 
     # -- deciding ---------------------------------------------------------------------------------
 
@@ -506,20 +556,26 @@ class PredictivePolicy(PacingPolicy):
         free_lines = snap.max_lines - snap.in_flight
         if free_lines <= 0:
             return 0
-        horizon = int(min(snap.ring_timeout_s, MAX_RING_S - 1))
+        full = int(min(snap.ring_timeout_s, MAX_RING_S - 1))
+        horizon = full
+        if self._p.shed_late_calls:
+            # A call still ringing after the minimum ring is kept only for an agent free for it: its
+            # answer risks little. The risk of a dial lies in the answers before (plus a step of slack).
+            horizon = min(full, int(MIN_RING_TIMEOUT_S) + GRID_STEP_S)
         u = np.arange(0, horizon + 1, GRID_STEP_S, dtype=np.int64)
         # A dial answered within (u - step, u] is given the agents free by the middle of that step
         # plus the deadline (its answer time is only known to the step).
         ready_by = np.maximum(u - GRID_STEP_S / 2.0, 0.0) + self._p.connect_deadline_s
         supply_mean, supply_var = self._supply(snap, ready_by)
+        self._free_now, self._free_now_at = float(supply_mean[0]), snap.now
         surge = self._surge()
         ringing_mean = self._demand(snap, u) * surge
         q = np.minimum(self._live_cum[u] * surge, 1.0)  # a new dial: live answer by u
-        p_live = float(min(self._live_cum[horizon] * surge, 1.0))
-        if p_live <= 0:
+        p_live = float(min(self._live_cum[full] * surge, 1.0))
+        if p_live <= 0 or q[-1] <= 0:
             return progressive_count(snap)
         pool = _Pool(supply_mean, supply_var + VARIANCE_FLOOR, float(snap.waiting), ringing_mean, q,
-                     1.0 / max(self._ring_live.mass, 1.0), np.diff(q, prepend=0.0), float(q[-1]))
+                     1.0 / max(self._ring_live.mass, 1.0), np.diff(q, prepend=0.0), p_live)
         # Beyond this many dials the expected live answers exceed every agent who could possibly be
         # free with a wide margin: the marginal abandon probability is ~1 there.
         reach = supply_mean[-1] + 4.0 * math.sqrt(float(supply_var[-1])) + 4.0
@@ -537,10 +593,10 @@ class PredictivePolicy(PacingPolicy):
         standard errors of the recent share counts, so ordinary noise costs nothing.
         """
         n = self._recent_attempts
-        total = self._ring_all.mass
+        total = self._ring_all.mass + self._ring_shed.mass
         if n < 10.0 or total <= 0:
             return 1.0
-        learnt = self._ring_live.mass / total
+        learnt = float(self._ring_live.weights[: int(MIN_RING_TIMEOUT_S)].sum()) / total
         recent = self._recent_lives / n
         floor = recent - 2.0 * math.sqrt(recent * (1.0 - recent) / n)
         return 1.0 if learnt <= 0 else min(MAX_SURGE, max(1.0, floor / learnt))
