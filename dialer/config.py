@@ -227,7 +227,11 @@ class CampaignConfig(Model):
     pacing: PacingSettings = Field(default_factory=PacingSettings)
     max_lines: int = Field(200, ge=1, description="cap on calls in flight (ringing + waiting)")
     tick_interval_s: float = Field(1.0, gt=0, le=15, description="seconds between pacing ticks")
-    ring_timeout_s: float = Field(25.0, ge=MIN_RING_TIMEOUT_S, le=120)
+    ring_timeout_s: float = Field(
+        25.0, ge=MIN_RING_TIMEOUT_S, le=120,
+        description="seconds from the INVITE before an unanswered call is cancelled; stretched so the "
+                    "phone rings at least 15 s after the network first reports ringing",
+    )
     connect_deadline_s: float = Field(
         1.7, gt=0, le=2.0,
         description="live answer to agent, else abandon; below 2 s so the safe-harbor message starts "

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import pjsua2 as pj
 
 from dialer.outcomes import AnswerKind, Outcome
+from dialer.telephony import MIN_RING_TIMEOUT_S
 from sip import protocol as p
 from sip.amd import AmdDetector
 from sip.sdp import offer_telephone_event_as_101
@@ -497,6 +498,9 @@ class Worker:
             leg.peer_responded = True
             if not leg.is_agent and not leg.ringing_sent and info.lastStatusCode in (180, 183):
                 leg.ringing_sent = True
+                # The phone rings from here: give it the regulatory minimum even when the network
+                # took a while to reach it (the ring timeout counts from the INVITE).
+                leg.ring_deadline = max(leg.ring_deadline, time.monotonic() + MIN_RING_TIMEOUT_S)
                 self.send(p.Ringing(call_id=leg.call_id))
         elif state == pj.PJSIP_INV_STATE_CONFIRMED:
             leg.peer_responded = True

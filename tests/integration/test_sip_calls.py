@@ -107,6 +107,25 @@ async def test_never_answered_call_is_cancelled_at_the_ring_timeout_not_before(t
     assert cancel_at - invite_at >= 15_000 - 20, (invite_at, cancel_at)
 
 
+async def test_a_call_slow_to_ring_still_rings_the_regulatory_minimum(tmp_path: Path) -> None:
+    events = EventRecorder()
+    with running_sipp("uas_late_ring.xml", tmp_path) as sipp:
+        async with SipPool(loopback_settings(sipp.host)) as pool:
+            pool.start(events)
+            await dial(pool, request("n1", ring_timeout_s=15.0))
+            await events.wait_for("n1", CallRinging)
+            failed = await events.wait_terminal("n1", 25.0)
+            assert await sipp.finished() == 0, sipp.errors()
+        (invite_at,) = sipp.logged_ticks("invite_at")
+        (ring_at,) = sipp.logged_ticks("ring_at")
+        (cancel_at,) = sipp.logged_ticks("cancel_at")
+    assert failed == CallFailed("n1", Outcome.NO_ANSWER, 487, "ring_timeout")
+    # The 180 came 3 s after the INVITE: the ring timeout (15 s from the INVITE) is stretched so that
+    # the phone rings 15 s from the 180, as FTC/FCC and Ofcom require before giving up.
+    assert ring_at - invite_at >= 3000 - 20, (invite_at, ring_at)
+    assert cancel_at - ring_at >= 15_000 - 20, (ring_at, cancel_at)
+
+
 @pytest.mark.parametrize(
     ("code", "cause", "outcome"),
     [
