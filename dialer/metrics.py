@@ -28,6 +28,8 @@ dialer_live_answers_total                             counter    campaign: human
                                                                  abandons)
 dialer_abandons_total                                 counter    campaign: live answers not connected to an
                                                                  agent within 2 s
+dialer_calls_shed_total                               counter    campaign: unanswered calls pacing cancelled
+                                                                 after 15 s of ringing, no agent free for them
 dialer_abandon_rate                                   gauge      campaign, window: abandons / live answers
                                                                  over the rolling window (ratio; window "30d"
                                                                  FTC/FCC, "24h" Ofcom)
@@ -337,6 +339,7 @@ class DialerMetrics:
             self.origination_failures,
             self.live_answers,
             self.abandons,
+            self.calls_shed,
             self.gate_checks,
         ):
             family.labels(campaign=name)
@@ -379,6 +382,7 @@ class DialerMetrics:
             self.origination_failures,
             self.live_answers,
             self.abandons,
+            self.calls_shed,
             self.gate_checks,
             self.dial_level,
             self.lines_in_flight,
