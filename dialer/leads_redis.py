@@ -136,9 +136,9 @@ return out
 
 # KEYS: hopper, leases, meta, receipt
 # ARGV: due cutoff (caller clock), count, lease ms, node, lead key prefix, claimed_at (caller clock)
-# The receipt (the claim's id and token pairs, kept for a lease) makes the claim idempotent: a client
-# retry of a claim whose reply was lost (Redis stopped right after running it) gets the same leads back
-# instead of leasing more while the first ones sit unknown until their leases expire.
+# The receipt (the claim's lead id and lease sequence pairs, kept for a lease) makes the claim idempotent: a
+# client retry of a claim whose reply was lost (Redis stopped right after running it) gets the same leads
+# back instead of leasing more while the first ones sit unknown until their leases expire.
 _CLAIM = _NOW_MS + """
 local function row(id, token)
   local key = ARGV[5] .. id
