@@ -106,7 +106,7 @@ class PredictiveParams(PolicyParams):
         4.0, gt=0, description="weight of that prior, in predicted abandons"
     )
     bias_lives: float = Field(
-        1000.0, gt=0, description="live answers over which real and predicted abandons are compared"
+        300.0, gt=0, description="live answers over which real and predicted abandons are compared"
     )
     payback: float = Field(
         1.0, ge=0, le=10, description="how fast a window over (under) its budget lowers (raises) the goal"
