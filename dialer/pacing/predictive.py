@@ -447,7 +447,7 @@ class PredictivePolicy(PacingPolicy):
         for attempt in snap.new_attempts:
             # The surge guard compares live answers within the minimum ring, which every attempt
             # reveals (calls are shed only after it), with the learnt chance of one.
-            live = attempt.outcome.is_live and not attempt.censored
+            live = attempt.outcome.is_live  # a shed (censored) call is never live
             self._recent_attempts = self._recent_attempts * keep + 1.0
             self._recent_lives = self._recent_lives * keep + (live and attempt.ring_s < MIN_RING_TIMEOUT_S)
             if attempt.censored:
