@@ -586,7 +586,7 @@ class Engine:
         if ev.kind is AnswerKind.MACHINE:
             rt.stats.machines += 1
             self._spawn(self._with_retries("abandon_machine", lambda: self.abandon.record_machine(
-                rt.name, ev.answered_at)))
+                rt.name, ev.answered_at, event_id=call.request.call_id)))
             rt.new_attempts.append(AttemptResult(Outcome.MACHINE, ring_s))
             call.state, call.record.outcome = CallState.MACHINE, Outcome.MACHINE
             if cfg.machine_action is MachineAction.MESSAGE and cfg.machine_message:
@@ -692,9 +692,10 @@ class Engine:
         if self.metrics is not None:
             self.metrics.record_live_answer(call.campaign.name, abandoned=abandoned)
         at = call.answered_at if call.answered_at is not None else self.clock()
-        name = call.campaign.name
+        name, call_id = call.campaign.name, call.request.call_id
+        # Identified by the call: a retry after a lost reply must not count the answer twice.
         self._spawn(self._with_retries("abandon_record", lambda: self.abandon.record(
-            name, at, abandoned=abandoned)))
+            name, at, abandoned=abandoned, event_id=call_id)))
 
     def _on_dtmf(self, call: ActiveCall, ev: DtmfReceived) -> None:
         cfg = call.campaign.config

@@ -419,12 +419,14 @@ def test_abandon_records_are_retried_while_the_ledger_is_away() -> None:
     async def body(rig: Rig) -> None:
         real = rig.ledger.record
         failures = [3]
+        ids: list[str | None] = []
 
-        async def flaky(campaign: str, at: float, *, abandoned: bool) -> None:
+        async def flaky(campaign: str, at: float, *, abandoned: bool, event_id: str | None = None) -> None:
+            ids.append(event_id)
             if failures[0] > 0:
                 failures[0] -= 1
                 raise ConnectionError("redis is restarting")
-            await real(campaign, at, abandoned=abandoned)
+            await real(campaign, at, abandoned=abandoned, event_id=event_id)
 
         rig.ledger.record = flaky  # type: ignore[method-assign]
         rig.pool.transition("a0", AgentState.READY)
@@ -435,6 +437,8 @@ def test_abandon_records_are_retried_while_the_ledger_is_away() -> None:
         await rig.step(5)
         status = await rig.ledger.status("c", rig.engine.clock())
         assert failures == [0] and status.live_answers == 1
+        # Every try names the call, so a ledger that applied a try whose reply was lost counts it once.
+        assert ids == [call_id] * 4
 
     run_virtual(body)
 

@@ -41,13 +41,18 @@ class AbandonStatus:
 
 
 class AbandonLedger(Protocol):
-    """Records live answers and abandons per campaign and reports the rolling window."""
+    """Records live answers and abandons per campaign and reports the rolling window.
 
-    async def record(self, campaign: str, at: float, *, abandoned: bool) -> None:
+    `event_id` (the call's id) makes a record idempotent: the engine retries a record whose reply was
+    lost, and a ledger that may have applied it already must not count it twice (a live answer
+    counted twice understates the abandon rate).
+    """
+
+    async def record(self, campaign: str, at: float, *, abandoned: bool, event_id: str | None = None) -> None:
         """Record one live answer at epoch `at`; `abandoned` if it was not connected in time."""
         ...
 
-    async def record_machine(self, campaign: str, at: float) -> None:
+    async def record_machine(self, campaign: str, at: float, *, event_id: str | None = None) -> None:
         """Record one AMD "machine" verdict (rule packs that estimate AMD false positives use it)."""
         ...
 
@@ -57,7 +62,10 @@ class AbandonLedger(Protocol):
 
 
 class MemoryAbandonLedger:
-    """In-process rolling windows, one per campaign, with a fixed window length and limit."""
+    """In-process rolling windows, one per campaign, with a fixed window length and limit.
+
+    A call in the same process cannot lose its reply, so `event_id` is not needed here.
+    """
 
     def __init__(self, window_s: float, limit: float) -> None:
         self.window_s = window_s
@@ -65,13 +73,13 @@ class MemoryAbandonLedger:
         self._events: dict[str, deque[tuple[float, bool]]] = {}
         self._counts: dict[str, list[int]] = {}
 
-    async def record(self, campaign: str, at: float, *, abandoned: bool) -> None:
+    async def record(self, campaign: str, at: float, *, abandoned: bool, event_id: str | None = None) -> None:
         self._events.setdefault(campaign, deque()).append((at, abandoned))
         counts = self._counts.setdefault(campaign, [0, 0])
         counts[0] += 1
         counts[1] += int(abandoned)
 
-    async def record_machine(self, campaign: str, at: float) -> None:
+    async def record_machine(self, campaign: str, at: float, *, event_id: str | None = None) -> None:
         """Machine verdicts do not count in a plain rolling window."""
 
     async def status(self, campaign: str, at: float) -> AbandonStatus:
@@ -95,6 +103,25 @@ def bucket_s(policy: AbandonPolicy) -> float:
     return max(1.0, policy.window_s / 720)
 
 
+RECEIPT_TTL_S = 3600
+"""How long the receipt of an identified record is kept: far longer than the engine retries one."""
+
+# KEYS[1] the campaign's hash, KEYS[2] the record's receipt (optional); ARGV[1] the hash's TTL (s),
+# ARGV[2] the receipt's (s), ARGV[3..] the counters to increment. With a receipt, a record applied
+# before (its reply lost, the client retrying) changes nothing; the receipt and the counts are
+# written together, so either both survive a crash or neither does.
+_RECORD = """
+if #KEYS > 1 and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+  return 0
+end
+for i = 3, #ARGV do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], 1)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 def month_key(at: float) -> str:
     """Calendar month (UTC) of epoch `at`, e.g. "2026-11"."""
     return time.strftime("%Y-%m", time.gmtime(at))
@@ -107,6 +134,8 @@ class RedisAbandonLedger:
     `{prefix}abandon:{campaign}`, fields `<bucket>:l|a|m` (live answers, abandons, machine verdicts).
     A bucket counts while any part of it overlaps the window, so the window reads up to one bucket
     long: slightly more history, never less. Calendar-month windows (CRTC) use the month as bucket.
+    A record with an `event_id` leaves a receipt, `{prefix}abandon:{campaign}:rec:<kind>:<event_id>`
+    (kept `RECEIPT_TTL_S`), so that a retried record counts once.
 
     Ofcom counts an estimate of live people AMD took for machines as both answered and abandoned:
     `machines x amd_false_positive_rate`, rounded up, is added to both sides of the ratio.
@@ -119,6 +148,7 @@ class RedisAbandonLedger:
         self.windows = dict(windows)
         self.default = default
         self.prefix = prefix
+        self._record = redis.register_script(_RECORD)
 
     def _window(self, campaign: str) -> AbandonPolicy:
         window = self.windows.get(campaign, self.default)
@@ -140,24 +170,22 @@ class RedisAbandonLedger:
         span = 32 * 86400.0 if window.kind is WindowKind.CALENDAR_MONTH else window.window_s
         return int(span + bucket_s(window)) + 60
 
-    async def record(self, campaign: str, at: float, *, abandoned: bool) -> None:
+    async def record(self, campaign: str, at: float, *, abandoned: bool, event_id: str | None = None) -> None:
         window = self._window(campaign)
-        key, bucket = self._key(campaign), self._bucket(window, at)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(key, f"{bucket}:l", 1)
-        if abandoned:
-            pipe.hincrby(key, f"{bucket}:a", 1)
-        pipe.expire(key, self._ttl_s(window))
-        await pipe.execute()
+        bucket = self._bucket(window, at)
+        fields = [f"{bucket}:l", f"{bucket}:a"] if abandoned else [f"{bucket}:l"]
+        await self._apply(campaign, window, "l", event_id, fields)
 
-    async def record_machine(self, campaign: str, at: float) -> None:
+    async def record_machine(self, campaign: str, at: float, *, event_id: str | None = None) -> None:
         """Count one AMD "machine" verdict (for the Ofcom false-positive estimate)."""
         window = self._window(campaign)
+        await self._apply(campaign, window, "m", event_id, [f"{self._bucket(window, at)}:m"])
+
+    async def _apply(self, campaign: str, window: AbandonPolicy, kind: str, event_id: str | None,
+                     fields: list[str]) -> None:
         key = self._key(campaign)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(key, f"{self._bucket(window, at)}:m", 1)
-        pipe.expire(key, self._ttl_s(window))
-        await pipe.execute()
+        keys = [key] if event_id is None else [key, f"{key}:rec:{kind}:{event_id}"]
+        await self._record(keys=keys, args=[self._ttl_s(window), RECEIPT_TTL_S, *fields])
 
     async def status(self, campaign: str, at: float) -> AbandonStatus:
         window = self._window(campaign)

@@ -33,9 +33,9 @@ class RecordingLedger(MemoryAbandonLedger):
         super().__init__(window_s, limit)
         self.events: list[tuple[float, bool]] = []
 
-    async def record(self, campaign: str, at: float, *, abandoned: bool) -> None:
+    async def record(self, campaign: str, at: float, *, abandoned: bool, event_id: str | None = None) -> None:
         self.events.append((at, abandoned))
-        await super().record(campaign, at, abandoned=abandoned)
+        await super().record(campaign, at, abandoned=abandoned, event_id=event_id)
 
     async def status(self, campaign: str, at: float) -> AbandonStatus:
         return await super().status(campaign, at)

@@ -8,9 +8,15 @@ from datetime import UTC, datetime
 import pytest
 import redis.asyncio as aioredis
 
-from dialer.compliance.abandon import AbandonProtection, MemoryAbandonLedger, RedisAbandonLedger
+from dialer.compliance.abandon import (
+    RECEIPT_TTL_S,
+    AbandonProtection,
+    MemoryAbandonLedger,
+    RedisAbandonLedger,
+)
 from dialer.compliance.dnc import connect
 from dialer.compliance.rules import abandon_policy
+from dialer.engine import RECORD_RETRY_S
 from dialer.errors import ComplianceError
 from tests.integration.compliance_support import NOW, campaign
 
@@ -116,3 +122,27 @@ async def test_ofcom_protection_keeps_the_later_expiry(client: aioredis.Redis) -
     await p.protect("+447911123456", NOW - 3600)  # an older abandon does not shorten it
     assert await p.protected_until("+447911123456") == NOW + 72 * 3600
     assert await p.protected_until("+447911000000") is None
+
+
+async def test_a_retried_record_counts_once(client: aioredis.Redis) -> None:
+    """The engine retries a record whose reply was lost (Redis stopped right after applying it): a
+    repeat with the same call id changes nothing, so a live answer never dilutes the rate twice."""
+    us = ledger(client, c="us")
+    await us.record("c", NOW, abandoned=False, event_id="call-1")
+    await us.record("c", NOW, abandoned=False, event_id="call-1")  # the retry
+    await us.record("c", NOW + 1, abandoned=True, event_id="call-2")
+    await us.record("c", NOW + 1, abandoned=True, event_id="call-2")
+    await us.record("c", NOW + 2, abandoned=False)  # unidentified records always count
+    await us.record("c", NOW + 2, abandoned=False)
+    s = await us.status("c", NOW + 3)
+    assert (s.live_answers, s.abandons) == (4, 1)
+    # A machine verdict of the same call is a different record; its retry counts once too.
+    uk = RedisAbandonLedger(client, {"u": abandon_policy(campaign("u", rule_pack="uk",
+                                                                  amd_false_positive_rate=0.5))})
+    await uk.record_machine("u", NOW, event_id="call-3")
+    await uk.record_machine("u", NOW, event_id="call-3")
+    await uk.record("u", NOW, abandoned=False, event_id="call-3")
+    s = await uk.status("u", NOW + 1)
+    assert (s.live_answers, s.abandons) == (2, 1)  # 1 answer + ceil(1 machine x 0.5) both sides
+    ttl = await client.ttl("dialer:abandon:c:rec:l:call-1")
+    assert RECORD_RETRY_S < ttl <= RECEIPT_TTL_S
