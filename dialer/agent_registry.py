@@ -13,7 +13,8 @@ registry makes that pool cluster-wide:
   login, ready, pause, wrap-up or logout sent to that node's API). A restarted node has a new
   token, so it does not resurrect the sessions of its previous life. Only the owner's pool holds
   the agent, so only the owner offers it calls. A node learns that a session was taken from it
-  (after a partition) from its `lost` set on the next heartbeat.
+  (after a partition) on its next heartbeat, which checks the owner and epoch of every session the
+  node holds (a read: a heartbeat retried after a lost reply gives the same answer).
 - **Mirror.** Every state change of an owned agent is written to its hash (state, since, pause
   reason, call), fenced by the epoch so a node that lost the session cannot overwrite the new owner.
 - **Routing.** A command for an agent owned by another live node goes to that node's inbox stream
@@ -22,8 +23,8 @@ registry makes that pool cluster-wide:
   in two places for one agent.
 
 Keys (prefix `dialer`): `dialer:agent:<id>` hash; `dialer:agents` set of agent ids;
-`dialer:node:<node>:alive` the node's lease; `dialer:node:<node>:lost` set of agents taken from it;
-`dialer:node:<node>:inbox` stream; `dialer:agent-reply:<request>` list.
+`dialer:node:<node>:alive` the node's lease; `dialer:node:<node>:inbox` stream;
+`dialer:agent-reply:<request>` list.
 
 Agents added to a pool directly (the daemon's `--sim-agents`) are node-local and not registered.
 
@@ -93,7 +94,6 @@ local taken = '0'
 if owner ~= ARGV[2] or token ~= ARGV[3] then
   epoch = epoch + 1
   taken = '1'
-  if owner ~= '' and owner ~= ARGV[2] then redis.call('SADD', ARGV[6] .. owner .. ':lost', ARGV[1]) end
 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'token', ARGV[3], 'epoch', epoch)
 if not state then
@@ -108,17 +108,18 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return {'ok', tostring(epoch), owner, state, taken}
 """
 
-# KEYS: this node's alive key, its lost set. ARGV: token, lease ms. Renews the node's lease; returns
-# (id, owner, epoch) of each agent reported taken from this node since the last heartbeat.
+# KEYS: this node's alive key. ARGV: token, lease ms, agent key prefix, node, then (id, epoch) of each
+# session the node holds. Renews the node's lease; returns (id, owner, epoch) of each of those sessions
+# now held by another node or epoch. It writes nothing else, so a retry after a lost reply gives the
+# same answer (draining a set of taken sessions would lose them with the reply).
 _HEARTBEAT = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local ids = redis.call('SMEMBERS', KEYS[2])
-if #ids == 0 then return {} end
-redis.call('DEL', KEYS[2])
 local out = {}
-for _, id in ipairs(ids) do
-  local f = redis.call('HMGET', ARGV[3] .. id, 'owner', 'epoch')
-  out[#out + 1] = {id, f[1] or '', f[2] or ''}
+for i = 5, #ARGV, 2 do
+  local f = redis.call('HMGET', ARGV[3] .. ARGV[i], 'owner', 'epoch')
+  if f[1] ~= ARGV[4] or f[2] ~= ARGV[i + 1] then
+    out[#out + 1] = {ARGV[i], f[1] or '', f[2] or ''}
+  end
 end
 return out
 """
@@ -467,13 +468,17 @@ class AgentRegistry:
 
     async def renew(self) -> list[str]:
         """Renew this node's lease (the heartbeat); returns the agents whose sessions it has lost."""
-        taken: list[list[str]] = await self._heartbeat(
-            keys=[self._node_key(self.node_id, "alive"), self._node_key(self.node_id, "lost")],
-            args=[self.token, round(self.lease_s * 1000), f"{self.prefix}:agent:"])
+        held = dict(self._owned)
+        args: list[str | int] = [self.token, round(self.lease_s * 1000), f"{self.prefix}:agent:",
+                                 self.node_id]
+        for agent_id, epoch in held.items():
+            args += [agent_id, epoch]
+        alive = self._node_key(self.node_id, "alive")
+        taken: list[list[str]] = await self._heartbeat(keys=[alive], args=args)
         lost = []
-        for agent_id, owner, epoch in taken:
-            mine = self._owned.get(agent_id)
-            if mine is not None and (owner != self.node_id or epoch != mine):
+        for agent_id, _owner, _epoch in taken:
+            # Unless the node took the session again while the heartbeat ran (a newer epoch).
+            if self._owned.get(agent_id) == held[agent_id]:
                 self._lose(agent_id)
                 lost.append(agent_id)
         return lost

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -591,6 +591,32 @@ def test_registry_refuses_a_bytes_client() -> None:
     with pytest.raises(AgentRegistryError, match="needs a client created with decode_responses=True"):
         AgentRegistry(client, AgentPool(time.time), node_id="n1")
 
+
+
+async def test_a_heartbeat_whose_reply_was_lost_still_reports_the_lost_session(
+        agent_redis: aioredis.Redis) -> None:
+    """Redis runs n1's heartbeat and the connection drops before the reply (the client may retry it):
+    the next heartbeat still tells n1 that n2 took the session."""
+    n1 = AgentRegistry(agent_redis, AgentPool(time.time), node_id="n1", lease_s=0.5)
+    await n1.login("c1", "sip:c1@127.0.0.1", "sales")
+    await asyncio.sleep(0.6)
+    n2 = AgentRegistry(agent_redis, AgentPool(time.time), node_id="n2", lease_s=5.0)
+    await n2.command("c1", "pause", reason="lunch")  # n1's lease expired: n2 takes the session
+    script = n1._heartbeat
+
+    async def lost_reply(**kw: Any) -> Any:
+        await script(**kw)
+        raise RedisConnectionError("connection reset after the script ran")
+
+    n1._heartbeat = lost_reply  # type: ignore[assignment]
+    with pytest.raises(RedisConnectionError):
+        await n1.renew()
+    assert n1.owns("c1")  # nothing learnt yet
+    n1._heartbeat = script
+    assert await n1.renew() == ["c1"]
+    assert not n1.owns("c1")
+    assert await n1.renew() == []  # told once
+    await n2.release_all()
 
 
 async def test_a_node_that_lost_a_session_stops_using_the_agent(agent_redis: aioredis.Redis) -> None:
