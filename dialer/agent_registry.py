@@ -109,16 +109,16 @@ return {'ok', tostring(epoch), owner, state, taken}
 """
 
 # KEYS: this node's alive key. ARGV: token, lease ms, agent key prefix, node, then (id, epoch) of each
-# session the node holds. Renews the node's lease; returns (id, owner, epoch) of each of those sessions
-# now held by another node or epoch. It writes nothing else, so a retry after a lost reply gives the
-# same answer (draining a set of taken sessions would lose them with the reply).
+# session the node holds. Renews the node's lease; returns the ids of those sessions now held by
+# another node or epoch. It writes nothing else, so a retry after a lost reply gives the same answer
+# (draining a set of taken sessions would lose them with the reply).
 _HEARTBEAT = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local out = {}
 for i = 5, #ARGV, 2 do
   local f = redis.call('HMGET', ARGV[3] .. ARGV[i], 'owner', 'epoch')
   if f[1] ~= ARGV[4] or f[2] ~= ARGV[i + 1] then
-    out[#out + 1] = {ARGV[i], f[1] or '', f[2] or ''}
+    out[#out + 1] = ARGV[i]
   end
 end
 return out
@@ -474,9 +474,9 @@ class AgentRegistry:
         for agent_id, epoch in held.items():
             args += [agent_id, epoch]
         alive = self._node_key(self.node_id, "alive")
-        taken: list[list[str]] = await self._heartbeat(keys=[alive], args=args)
+        taken: list[str] = await self._heartbeat(keys=[alive], args=args)
         lost = []
-        for agent_id, _owner, _epoch in taken:
+        for agent_id in taken:
             # Unless the node took the session again while the heartbeat ran (a newer epoch).
             if self._owned.get(agent_id) == held[agent_id]:
                 self._lose(agent_id)
