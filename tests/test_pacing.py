@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -12,7 +14,7 @@ from dialer.errors import ConfigError
 from dialer.outcomes import AgentState, Outcome
 from dialer.pacing import POLICIES, PacingPolicy, PacingSnapshot, make_policy
 from dialer.pacing.base import AgentView, AttemptResult, HandleResult, RingingCall
-from dialer.pacing.predictive import PredictivePolicy
+from dialer.pacing.predictive import PredictivePolicy, _negative_binomial, _poisson_binomial_cdf, _Pool
 from dialer.pacing.vicidial import VicidialAdaptivePolicy
 
 S = AgentState
@@ -426,7 +428,7 @@ def test_predictive_bias_grows_when_real_abandons_exceed_the_model() -> None:
 
 
 def test_predictive_margin_keeps_a_young_window_conservative() -> None:
-    cautious, bold = trained(margin_z=5.0), trained(margin_z=0.0)
+    cautious, bold = trained(margin_z=5.0, burst_risk=0.0), trained(margin_z=0.0, burst_risk=0.0)
     young = (200, 0)  # room for 6 abandons: the burst reserve (2) does not bind
     cautious_counts, bold_counts = steer(cautious, young, 60), steer(bold, young, 60)
     assert cautious.goal < bold.goal
@@ -518,11 +520,12 @@ def test_issabel_counts_machines_as_answers_only_when_asked() -> None:
 
 
 def test_predictive_longer_connect_deadline_allows_more_dials() -> None:
-    views = agents(ready=1, wrap=[2.0] * 8)  # free at 13 s, when many live answers come
+    views = agents(ready=3, wrap=[2.0] * 8)  # free at 13 s, when many live answers come
     window = (5000, 125)
     tight = trained(connect_deadline_s=0.5).dial_count(snap(now=1.0, agent_views=views, window=window))
     loose = trained(connect_deadline_s=5.0).dial_count(snap(now=1.0, agent_views=views, window=window))
-    assert tight < loose
+    # Given 5 s, answers from 9 s on find the wrapping agents; given 0.5 s, only those from 13 s.
+    assert loose > 2 * tight
 
 
 def test_predictive_warm_up_thresholds_are_knobs() -> None:
@@ -588,3 +591,60 @@ def test_predictive_surge_guard_is_not_fooled_by_shed_calls() -> None:
     recent = [AttemptResult(Outcome.LIVE, 7.0)] * 16 + [shed] * 64
     policy.observe(snap(now=0.5, attempts=recent, window=(5000, 100)))
     assert policy._surge() == 1.0
+
+
+def test_poisson_binomial_cdf_matches_enumeration() -> None:
+    rng = np.random.default_rng(7)
+    chances = rng.random((5, 3))
+    cdf = _poisson_binomial_cdf(chances)
+    for u in range(3):
+        dist = np.zeros(6)
+        for bits in itertools.product((0, 1), repeat=5):
+            terms = [c if b else 1.0 - c for c, b in zip(chances[:, u], bits, strict=True)]
+            dist[sum(bits)] += np.prod(terms)
+        np.testing.assert_allclose(cdf[u], np.cumsum(dist))
+
+
+def test_negative_binomial_has_the_poisson_mean_and_the_extra_variance() -> None:
+    d = np.arange(0, 80)
+    lam = np.array([[0.5, 3.0], [7.0, 12.0]])
+    pmf = _negative_binomial(d, lam, 0.05)
+    mean = (pmf * d).sum(axis=2)
+    var = (pmf * d * d).sum(axis=2) - mean**2
+    np.testing.assert_allclose(pmf.sum(axis=2), 1.0, atol=1e-6)
+    np.testing.assert_allclose(mean, lam, rtol=1e-4)
+    np.testing.assert_allclose(var, lam + 0.05 * lam**2, rtol=1e-3)
+    log_fact = np.array([math.lgamma(k + 1.0) for k in d])
+    poisson = np.exp(d * np.log(lam[:, :, None]) - lam[:, :, None] - log_fact)
+    np.testing.assert_allclose(_negative_binomial(d, lam, 1e-9), poisson, atol=1e-6)
+
+
+def test_predictive_counts_a_small_pool_exactly() -> None:
+    # Three busy agents, each free in time by a 20 % chance, nobody ready, nothing ringing: the first
+    # dial, answered live, finds no agent with probability 0.8³ = 0.512. A normal with the same mean
+    # and variance puts it near 0.45.
+    u = 5
+    chances = np.full((3, u), 0.2)
+    q = np.linspace(0.05, 0.25, u)
+
+    def pool(cdf: np.ndarray | None) -> _Pool:
+        return _Pool(np.full(u, 0.6), np.full(u, 0.48), 0.0, np.zeros(u), q, 1e-9, np.diff(q, prepend=0.0),
+                     0.25, cdf, 0)
+
+    exact = pool(_poisson_binomial_cdf(chances)).marginal_abandon(np.array([1.0]))[0]
+    normal = pool(None).marginal_abandon(np.array([1.0]))[0]
+    assert exact == pytest.approx(0.512, abs=1e-6)
+    assert normal == pytest.approx(0.445, abs=0.01)
+
+
+def test_predictive_never_risks_a_burst_that_alone_breaks_the_window() -> None:
+    # 10 ready agents and a bold α: 60 dials would bring 15 answers. A window of 5000 answers can
+    # take 150 abandons, one of 200 only 6 (the 7th breaks it): there the tick stops short of a
+    # burst of 7, and with 2 abandons already in it, short of a burst of 5.
+    def count(window: tuple[int, int], **params: Any) -> int:
+        policy = trained(alpha_initial=0.3, **params)
+        return policy.dial_count(snap(now=1.0, agent_views=agents(ready=10), window=window))
+
+    roomy, small, spent = count((5000, 0)), count((200, 0)), count((200, 2))
+    assert spent < small < roomy
+    assert count((200, 0), burst_risk=0.0) == roomy

@@ -57,6 +57,8 @@ def snapshot_sequences(draw: st.DrawFn) -> list[PacingSnapshot]:
 # Low warm-up thresholds so that the model-based branch of `predictive` runs within a sequence.
 VARIANTS: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in sorted(POLICIES)] + [
     ("predictive", {"min_handles": 1, "min_attempts": 1, "min_live_answers": 1}),
+    ("predictive", {"min_handles": 1, "min_attempts": 1, "min_live_answers": 1, "exact_supply_agents": 0,
+                    "burst_risk": 0.0}),
     ("ratio", {"dial_level": 7.5}),
     ("vicidial_adaptive", {"auto_dial_level": 3.0, "adaptive_intensity": 40,
                            "available_only_ratio_tally": False}),

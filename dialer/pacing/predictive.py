@@ -18,8 +18,16 @@ The model, on a grid of the next seconds (u = 0 .. ring timeout):
 - The n-th dial, answered at u, finds no agent when the other answers by u take every agent free
   by then; served, it still costs an abandon if agents run short at any later instant of the
   horizon (it took the agent a later answer needed). Answers are counted with a Poisson (the skew
-  of many small chances: bursts are what abandon), agents with a normal, and the error of the
-  learnt rates adds a common variance that keeps big batches on little data in check.
+  of many small chances: bursts are what abandon) and the error of the learnt rates adds a common
+  variance that keeps big batches on little data in check. In a small pool (up to
+  `exact_supply_agents` busy agents) the agents free in time are counted exactly (a Poisson-binomial
+  of the agents' own chances) and the answers with a negative binomial carrying the rate error; a
+  normal there misjudges the one or two agents that decide whether an answer finds someone, and
+  cost 10-agent teams about a point of occupancy. Larger pools use a normal for the agents.
+- Bursts: however small each dial's marginal risk, a tick's dials together must not risk, beyond
+  `burst_risk`, as many abandons at once as would alone take the window over its limit (answers by
+  some u outnumbering the agents free by then by that many). In a small window that is a handful
+  of calls, and a single wave of answers is how it breaks.
 
 The controller is a cascade. The outer loops set the goal: the target, lowered while the window
 holds few answers to the rate g that keeps it z binomial standard deviations under the limit
@@ -122,6 +130,16 @@ class PredictiveParams(PolicyParams):
     min_burst_reserve: float = Field(
         1.0, gt=0, description="abandons the window keeps in hand for a burst, at least"
     )
+    burst_risk: float = Field(
+        1e-4, ge=0, lt=1,
+        description="largest chance a tick's dials may take of a burst of abandons that alone would put "
+                    "the window over its limit (0: not checked)",
+    )
+    exact_supply_agents: int = Field(
+        40, ge=0,
+        description="up to this many busy agents the agents free in time are counted exactly "
+                    "(a normal beyond)",
+    )
     shed_late_calls: bool = Field(
         True,
         description="cancel calls unanswered after the 15 s minimum ring beyond the agents free for them "
@@ -170,6 +188,37 @@ def _phi(z: FloatArray) -> FloatArray:
     index = ((z - _PHI_LO) * _PHI_STEPS + 0.5).astype(np.int64)
     np.clip(index, 0, len(_PHI_TABLE) - 1, out=index)
     result: FloatArray = _PHI_TABLE[index]
+    return result
+
+
+def _negative_binomial(d: IntArray, lam: FloatArray, rel_var: float) -> FloatArray:
+    """P(D = d) for a count of mean `lam` and variance lam + rel_var·lam², lam (n, u) × d.
+
+    A Poisson whose rate is itself uncertain (a gamma with relative variance `rel_var`: the error
+    of the learnt live-answer chances, common to every call): more spread than a Poisson.
+    """
+    r = 1.0 / max(rel_var, 1e-9)
+    # log Γ(d + r) − log Γ(r) = Σ_{i<d} log(r + i)
+    top = int(d[-1]) if len(d) else 0
+    log_rising = np.concatenate([[0.0], np.cumsum(np.log(r + np.arange(top)))])[d]
+    lam3 = lam[:, :, None]
+    log_pmf = (log_rising - _LOG_FACT[d] + r * np.log(r / (r + lam3))
+               + d * np.log(np.maximum(lam3, 1e-300) / (r + lam3)))
+    result: FloatArray = np.exp(log_pmf)
+    return result
+
+
+def _poisson_binomial_cdf(p: FloatArray) -> FloatArray:
+    """P(Σ independent Bernoulli(p[i, u]) <= k), shape (u, k = 0..rows), by convolution."""
+    rows, cols = p.shape
+    dist = np.zeros((cols, rows + 1))
+    dist[:, 0] = 1.0
+    for i in range(rows):
+        pi = p[i][:, None]
+        shifted = np.zeros_like(dist)
+        shifted[:, 1 : i + 2] = dist[:, : i + 1]
+        dist = dist * (1.0 - pi) + shifted * pi
+    result: FloatArray = np.cumsum(dist, axis=1)
     return result
 
 
@@ -271,6 +320,9 @@ class _Pool:
     rate_rel_var: float  # relative variance of the estimated live-answer chances (1 / live answers seen)
     dq: FloatArray  # chance that a new dial is answered live within each step of the grid
     p_live: float
+    # Small pools: P(busy agents free by u <= k) exactly, (u, k), and the ready agents; None: normal.
+    supply_cdf: FloatArray | None = None
+    ready: int = 0
 
     def marginal_abandon(self, ns: FloatArray) -> FloatArray:
         """P(the n-th new dial, if answered live, adds an abandon) for each n in `ns`.
@@ -279,54 +331,108 @@ class _Pool:
         ones, the n − 1 other new dials) have already taken every agent free by then (abandons
         leaving the queue would only help it: this errs on the safe side).
         """
-        lam = self.ringing_mean[None, :] + (ns[:, None] - 1.0) * self.q[None, :]  # (n, u)
-        # The live-answer chances are estimates: their error moves every call the same way, so it
-        # adds (λ·error)² of variance, not λ·error. It matters most for a big batch on little data.
-        var = self.supply_var[None, :] + self.rate_rel_var * lam * lam  # (n, u)
-        gap = self.waiting + 0.5 - self.supply_mean  # answers ahead minus agents, before ringing ones
-        # Many answers: the Poisson is close enough to a normal.
-        short = _phi((lam + gap[None, :]) / np.sqrt(lam + var))
-        small = lam < POISSON_MAX_MEAN
-        cols = np.nonzero(small.any(axis=0))[0]
-        if len(cols):
-            # Few answers: sum over the Poisson's values, where it has mass and agents could run out.
-            lam_c, sd_c, gap_c = lam[:, cols], np.sqrt(var[:, cols]), gap[cols]
-            top = min(float(lam_c.max()), POISSON_MAX_MEAN)
-            hi = int(top + 6.0 * math.sqrt(top) + 6.0)
-            lo = max(0, int(float(-gap_c.max() - 6.0 * sd_c.max())) - 1)
-            hi = min(max(hi, lo + 1), len(_LOG_FACT) - 1)
-            d = np.arange(lo, hi + 1, dtype=np.int64)
-            log_lam = np.log(np.maximum(lam_c, 1e-300))
-            pmf = np.exp(d * log_lam[:, :, None] - lam_c[:, :, None] - _LOG_FACT[d])
-            # P(agents free by then <= answers ahead of it), continuity-corrected.
-            z = (d + gap_c[:, None])[None, :, :] / sd_c[:, :, None]
-            poisson = (pmf * _phi(z)).sum(axis=2)
-            short[:, cols] = np.where(small[:, cols], poisson, short[:, cols])
+        return self._marginal(self._shortfall(ns - 1.0, np.zeros(len(ns))))
+
+    def burst_probability(self, ns: FloatArray, size: int) -> FloatArray:
+        """P(n new dials leave at least `size` live answers without an agent), for each n in `ns`.
+
+        At least that many abandon when, at some u, the answers by u outnumber the agents free by
+        then by `size`: the chance at the worst u (a lower bound of the chance over the horizon).
+        """
+        result: FloatArray = self._shortfall(ns, np.full(len(ns), float(size))).max(axis=1)
+        return result
+
+    def marginal_and_burst(self, ns: FloatArray, size: int) -> tuple[FloatArray, FloatArray]:
+        """`marginal_abandon(ns)` and `burst_probability(ns, size)` in one pass over the grid."""
+        k = len(ns)
+        short = self._shortfall(np.concatenate([ns - 1.0, ns]),
+                                np.concatenate([np.zeros(k), np.full(k, float(size))]))
+        return self._marginal(short[:k]), short[k:].max(axis=1)
+
+    def _marginal(self, short: FloatArray) -> FloatArray:
         # Served at u, the dial still costs an abandon if agents run short at any later v: the
         # agent it took was the one a call answering at v needed (first come, first served).
         short = np.maximum.accumulate(short[:, ::-1], axis=1)[:, ::-1]
         result: FloatArray = (short * self.dq[None, :]).sum(axis=1) / self.p_live
         return result
 
-    def largest_affordable(self, alpha: float, upper: int) -> tuple[int, float]:
+    def _shortfall(self, dials: FloatArray, excess: FloatArray) -> FloatArray:
+        """P(answers by u − agents free by u ≥ excess[n]) on the (n, u) grid, with dials[n] new dials.
+
+        Excess 0 is the chance that an answer at u finds every agent taken.
+        """
+        lam = self.ringing_mean[None, :] + dials[:, None] * self.q[None, :]  # (n, u)
+        # The live-answer chances are estimates: their error moves every call the same way, so it
+        # adds (λ·error)² of variance, not λ·error. It matters most for a big batch on little data.
+        var = self.supply_var[None, :] + self.rate_rel_var * lam * lam  # (n, u)
+        # Answers ahead minus agents, before ringing ones (continuity-corrected).
+        gap = (self.waiting + 0.5 - self.supply_mean)[None, :] - excess[:, None]  # (n, u)
+        # Many answers: the Poisson is close enough to a normal.
+        short = _phi((lam + gap) / np.sqrt(lam + var))
+        small = lam < POISSON_MAX_MEAN
+        cols = np.nonzero(small.any(axis=0))[0]
+        if len(cols):
+            # Few answers: sum over the Poisson's values, where it has mass and agents could run out.
+            lam_c, sd_c, gap_c = lam[:, cols], np.sqrt(var[:, cols]), gap[:, cols]
+            top = min(float(lam_c.max()), POISSON_MAX_MEAN)
+            hi = int(top + 6.0 * math.sqrt(top) + 6.0)
+            lo = max(0, int(float(-gap_c.max() - 6.0 * sd_c.max())) - 1)
+            hi = min(max(hi, lo + 1), len(_LOG_FACT) - 1)
+            d = np.arange(lo, hi + 1, dtype=np.int64)
+            if self.supply_cdf is None:
+                log_lam = np.log(np.maximum(lam_c, 1e-300))
+                pmf = np.exp(d * log_lam[:, :, None] - lam_c[:, :, None] - _LOG_FACT[d])
+                # P(agents free by then <= answers ahead of it - excess), continuity-corrected.
+                z = (d + gap_c[:, :, None]) / sd_c[:, :, None]
+                poisson = (pmf * _phi(z)).sum(axis=2)
+            else:
+                pmf = _negative_binomial(d, lam_c, self.rate_rel_var)
+                # P(agents free by then <= answers ahead of it - excess), counted exactly.
+                cdf = self.supply_cdf[cols]  # (u, k)
+                m = cdf.shape[1] - 1
+                ahead = int(self.waiting) - self.ready
+                k = (d[None, :] + ahead - excess[:, None]).astype(np.int64)  # (n, d)
+                enough = cdf[np.arange(len(cols))[None, :, None], np.clip(k, 0, m)[:, None, :]]  # (n, u, d)
+                enough = np.where((k < 0)[:, None, :], 0.0, enough)
+                poisson = (pmf * enough).sum(axis=2)
+            short[:, cols] = np.where(small[:, cols], poisson, short[:, cols])
+        return short
+
+    def largest_affordable(self, alpha: float, upper: int, burst: tuple[int, float] | None = None
+                           ) -> tuple[int, float]:
         """Largest n <= upper whose n-th dial's abandon probability (if live) is within `alpha`.
 
-        Returns n and the expected abandons among those n dials per live answer (the marginals
-        interpolated between the ones the search evaluated). The marginal grows with n, so a
-        coarse vectorised pass over [1, upper] brackets the answer and finer passes pin it.
+        With `burst` = (size, risk), n is also kept where the chance of `size` abandons at once
+        stays within `risk`. Returns n and the expected abandons among those n dials per live
+        answer (the marginals interpolated between the ones the search evaluated). Both chances
+        grow with n, so a coarse vectorised pass over [1, upper] brackets the answer and finer
+        passes pin it.
         """
-        first = float(self.marginal_abandon(np.array([1.0]))[0])
+        one = np.array([1.0])
+        first = float(self.marginal_abandon(one)[0])
         # Most ticks of a busy campaign cannot afford even one dial: settled with one candidate.
         if upper <= 0 or first > alpha:
             return 0, 0.0
+        if burst is not None:
+            size, risk = burst
+            ends = self.burst_probability(np.array([1.0, float(upper)]), size)
+            if ends[0] > risk:
+                return 0, 0.0
+            # Often even `upper` dials cannot cause such a burst: then it is not searched.
+            if ends[1] <= risk:
+                burst = None
         seen: dict[int, float] = {1: first}
         lo, hi = 1, upper  # invariant: lo is affordable; the answer is in [lo, hi]
         while hi > lo:
             step = max(1, (hi - lo) // COARSE_STEPS)
             ns = np.arange(lo + 1, hi + 1, step, dtype=np.int64)
-            values = self.marginal_abandon(ns.astype(np.float64))
+            if burst is None:
+                values = self.marginal_abandon(ns.astype(np.float64))
+                ok = values <= alpha
+            else:
+                values, bursts = self.marginal_and_burst(ns.astype(np.float64), burst[0])
+                ok = (values <= alpha) & (bursts <= burst[1])
             seen.update(zip(ns.tolist(), values.tolist(), strict=True))
-            ok = values <= alpha
             if ok.all():
                 lo = int(ns[-1])
                 if step == 1 or lo == hi:
@@ -566,7 +672,7 @@ class PredictivePolicy(PacingPolicy):
         # A dial answered within (u - step, u] is given the agents free by the middle of that step
         # plus the deadline (its answer time is only known to the step).
         ready_by = np.maximum(u - GRID_STEP_S / 2.0, 0.0) + self._p.connect_deadline_s
-        supply_mean, supply_var = self._supply(snap, ready_by)
+        supply_mean, supply_var, ready, groups = self._supply(snap, ready_by)
         self._free_now, self._free_now_at = float(supply_mean[0]), snap.now
         surge = self._surge()
         ringing_mean = self._demand(snap, u) * surge
@@ -574,13 +680,26 @@ class PredictivePolicy(PacingPolicy):
         p_live = float(min(self._live_cum[full] * surge, 1.0))
         if p_live <= 0 or q[-1] <= 0:
             return progressive_count(snap)
+        supply_cdf = None
+        busy = sum(len(g) for g in groups)
+        if 0 < busy <= self._p.exact_supply_agents:
+            supply_cdf = _poisson_binomial_cdf(np.concatenate(groups) if len(groups) > 1 else groups[0])
+        elif busy == 0 and self._p.exact_supply_agents > 0:
+            supply_cdf = np.ones((len(u), 1))
         pool = _Pool(supply_mean, supply_var + VARIANCE_FLOOR, float(snap.waiting), ringing_mean, q,
-                     1.0 / max(self._ring_live.mass, 1.0), np.diff(q, prepend=0.0), p_live)
+                     1.0 / max(self._ring_live.mass, 1.0), np.diff(q, prepend=0.0), p_live,
+                     supply_cdf, ready)
         # Beyond this many dials the expected live answers exceed every agent who could possibly be
         # free with a wide margin: the marginal abandon probability is ~1 there.
         reach = supply_mean[-1] + 4.0 * math.sqrt(float(supply_var[-1])) + 4.0
         upper = min(free_lines, max(1, math.ceil(2.0 * reach / p_live)))
-        n, mean_marginal = pool.largest_affordable(self.alpha, upper)
+        burst = None
+        if self._p.burst_risk > 0:
+            # Abandons at once that would take the window over its limit.
+            room = snap.abandon_limit * snap.window_live_answers - snap.window_abandons
+            size = max(1, math.floor(room) + 1)
+            burst = (size, self._p.burst_risk)
+        n, mean_marginal = pool.largest_affordable(self.alpha, upper, burst)
         if n > 0:
             self._steer(n, n * p_live * mean_marginal, n * p_live)
         return n
@@ -601,8 +720,12 @@ class PredictivePolicy(PacingPolicy):
         floor = recent - 2.0 * math.sqrt(recent * (1.0 - recent) / n)
         return 1.0 if learnt <= 0 else min(MAX_SURGE, max(1.0, floor / learnt))
 
-    def _supply(self, snap: PacingSnapshot, at_s: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Mean and variance of the agents free by each time in `at_s` (seconds from now)."""
+    def _supply(self, snap: PacingSnapshot, at_s: FloatArray
+                ) -> tuple[FloatArray, FloatArray, int, list[FloatArray]]:
+        """Mean and variance of the agents free by each time in `at_s` (seconds from now).
+
+        Also the ready agents and, per group of busy agents, their chances of being free (rows).
+        """
         talking: list[float] = []
         wrapping: list[float] = []
         ready = 0
@@ -619,17 +742,20 @@ class PredictivePolicy(PacingPolicy):
         mean = np.full(len(at_s), float(ready))
         var = np.zeros(len(at_s))
         offsets = np.floor(at_s).astype(np.int64)
+        groups: list[FloatArray] = []
         if talking:
             p_free = self._talk_free(np.array(talking), offsets)
+            groups.append(p_free)
             freeing = p_free.sum(axis=0)
             mean += freeing
             # Plus the common error of the learnt talk-time curve (relative variance ~ 1 / handles).
             var += (p_free * (1.0 - p_free)).sum(axis=0) + freeing * freeing / max(self._talk.mass, 1.0)
         if wrapping:
             p_free = self._conditional_done(self._wrap_surv, np.array(wrapping), offsets)
+            groups.append(p_free)
             mean += p_free.sum(axis=0)
             var += (p_free * (1.0 - p_free)).sum(axis=0)
-        return mean, var
+        return mean, var, ready, groups
 
     def _talk_free(self, elapsed_s: FloatArray, offsets: IntArray) -> FloatArray:
         """P(talk ends and wrap-up ends by offset | talked `elapsed_s` so far), agents × offsets.
