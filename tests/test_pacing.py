@@ -429,7 +429,7 @@ def test_predictive_bias_grows_when_real_abandons_exceed_the_model() -> None:
 
 def test_predictive_margin_keeps_a_young_window_conservative() -> None:
     cautious, bold = trained(margin_z=5.0, burst_risk=0.0), trained(margin_z=0.0, burst_risk=0.0)
-    young = (200, 0)  # room for 6 abandons: the burst reserve (2) does not bind
+    young = (200, 0)  # room for 6 abandons: the burst reserve does not bind
     cautious_counts, bold_counts = steer(cautious, young, 60), steer(bold, young, 60)
     assert cautious.goal < bold.goal
     assert sum(cautious_counts) < sum(bold_counts)
@@ -449,7 +449,7 @@ def test_predictive_keeps_headroom_for_the_largest_recent_burst() -> None:
     calm, burnt = trained_at(window), trained_at((4000, 70))
     for policy in (calm, burnt):  # the burnt campaign loses 20 calls at once
         policy.dial_count(snap(now=1.0, agent_views=agents(ready=10), window=window))
-    # The calm window keeps the minimum reserve (2) and its whole goal; the one that just lost 20 in
+    # The calm window keeps the minimum reserve and its whole goal; the one that just lost 20 in
     # a burst keeps room for another such burst: (30 - 20) / 20 of the goal.
     assert burnt.goal == pytest.approx(0.5 * calm.goal)
     # Hours without a burst: the memory of it fades and the goal comes back.
@@ -459,7 +459,7 @@ def test_predictive_keeps_headroom_for_the_largest_recent_burst() -> None:
 
 
 def test_predictive_nearly_stops_when_the_headroom_is_below_the_reserve() -> None:
-    roomy_window, tight_window = (4000, 60), (4000, 119)  # the second is 1 abandon from 3 %
+    roomy_window, tight_window = (4000, 60), (4000, 120)  # the second is at 3 %: no room left
     roomy, tight = trained_at(roomy_window), trained_at(tight_window)
     roomy.dial_count(snap(now=1.0, agent_views=agents(ready=10), window=roomy_window))
     tight.dial_count(snap(now=1.0, agent_views=agents(ready=10), window=tight_window))

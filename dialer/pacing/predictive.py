@@ -128,7 +128,7 @@ class PredictiveParams(PolicyParams):
         description="seconds an answered call can wait for an agent: the 2 s rule less the bridge set-up",
     )
     min_burst_reserve: float = Field(
-        1.0, gt=0, description="abandons the window keeps in hand for a burst, at least"
+        0.5, gt=0, description="abandons the window keeps in hand for a burst, at least"
     )
     burst_risk: float = Field(
         1e-4, ge=0, lt=1,
