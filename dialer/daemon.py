@@ -85,6 +85,11 @@ REDIS_MAX_CONNECTIONS = 64
 REDIS_POOL_WAIT_S = 10.0
 """Longest a command waits for a free connection before it fails."""
 
+API_SHUTDOWN_S = 2.0
+"""How long an API request still running at the end of a shutdown may take before it is cut off."""
+SHUTDOWN_STALL_S = 5.0
+"""A shutdown still running this long after the drain timeout logs where every task waits."""
+
 LEAD_LEASE_ENV = "DIALER_LEAD_LEASE_S"
 AGENT_LEASE_ENV = "DIALER_AGENT_LEASE_S"
 """Lease lengths (seconds) of lead claims (default 60) and agent sessions (default 15): how long a
@@ -103,6 +108,20 @@ def lease_from_env(environ: Mapping[str, str], name: str, default: float) -> flo
     if not 0.5 <= value <= 3600:
         raise ConfigError([f"${name}: expected seconds between 0.5 and 3600, got {raw!r}"])
     return value
+
+
+def log_stalled_shutdown(loop: asyncio.AbstractEventLoop, waited_s: float) -> None:
+    """Log each task still pending and the line it waits on: why a shutdown is not finishing."""
+    tasks = []
+    for task in asyncio.all_tasks(loop):
+        where = []
+        # Task.get_stack() stops at the outermost coroutine: follow what each one awaits instead.
+        awaiting: Any = task.get_coro()
+        while (f := getattr(awaiting, "cr_frame", None) or getattr(awaiting, "gi_frame", None)) is not None:
+            where.append(f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}")
+            awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "gi_yieldfrom", None)
+        tasks.append({"task": task.get_name(), "at": where})
+    log.error("shutdown_stalled", waited_s=waited_s, tasks=sorted(tasks, key=lambda t: str(t["task"])))
 
 
 def node_call_ids(node_id: str, clock: Callable[[], float]) -> Callable[[], str]:
@@ -310,7 +329,8 @@ class Daemon:
         for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
                              (signal.SIGHUP, self.request_reload)):
             loop.add_signal_handler(sig, handler)
-        runner = web.AppRunner(self._app(svc), handle_signals=False, access_log=None)
+        runner = web.AppRunner(self._app(svc), handle_signals=False, access_log=None,
+                               shutdown_timeout=API_SHUTDOWN_S)
         await runner.setup()
         site = web.TCPSite(runner, config.api.host, config.api.port)
         await site.start()
@@ -331,6 +351,9 @@ class Daemon:
                 self.started.set()
                 await self._stop.wait()
                 notify("STOPPING=1")
+                # Not cancelled: it also covers what asyncio.run() awaits after this returns.
+                stall_s = config.drain_timeout_s + SHUTDOWN_STALL_S
+                loop.call_later(stall_s, log_stalled_shutdown, loop, stall_s)
                 log.info("daemon_draining", timeout_s=config.drain_timeout_s, calls=engine.active_calls)
                 hung_up = await engine.drain(config.drain_timeout_s)
                 log.info("daemon_drained", hung_up=hung_up)

@@ -185,7 +185,8 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-                raise AssertionError(f"node {node} did not stop on SIGTERM") from None
+                raise AssertionError(f"node {node} did not stop on SIGTERM; its log ends:\n"
+                                     f"{self.log(node)[-3000:]}") from None
 
     def log(self, node: str) -> str:
         return (self.tmp / f"{node}.log").read_text(errors="replace")
