@@ -399,12 +399,14 @@ class Engine:
         """The pacing snapshot of one campaign at `now`; drains the attempts/handles learnt since the last."""
         cfg = rt.config
         views = []
+        # Once per agent per tick, the hot path of a large pool: states bound to locals.
+        logged_out, talking, wrap_up = AgentState.LOGGED_OUT, AgentState.TALKING, AgentState.WRAP_UP
         for agent in self.agents.in_pool(cfg.agent_pool):
-            if agent.state is AgentState.LOGGED_OUT:
+            state = agent.state
+            if state is logged_out:
                 continue
-            busy = agent.state in (AgentState.TALKING, AgentState.WRAP_UP)
-            handle = now - agent.call_started_at if busy else 0.0
-            views.append(AgentView(agent.state, now - agent.state_since, handle))
+            handle = now - agent.call_started_at if state is talking or state is wrap_up else 0.0
+            views.append(AgentView(state, now - agent.state_since, handle))
         ringing = []
         waiting = 0
         for call in rt.calls.values():

@@ -648,3 +648,29 @@ def test_predictive_never_risks_a_burst_that_alone_breaks_the_window() -> None:
     roomy, small, spent = count((5000, 0)), count((200, 0)), count((200, 2))
     assert spent < small < roomy
     assert count((200, 0), burst_risk=0.0) == roomy
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_predictive_search_finds_what_checking_every_count_finds(exact: bool) -> None:
+    # The search evaluates 1..4 at once, then brackets the rest coarsely: on pools from empty to
+    # crowded, with and without the burst guard, it must land where checking each n alone lands.
+    u = 9
+    q = np.linspace(0.02, 0.25, u)
+    rng = np.random.default_rng(7)
+    for case in range(40):
+        ready = int(rng.integers(0, 6))
+        chances = np.sort(rng.uniform(0.0, 1.0, (int(rng.integers(1, 12)), u)), axis=1)
+        mean = ready + chances.sum(axis=0)
+        var = (chances * (1.0 - chances)).sum(axis=0) + 0.05
+        cdf = _poisson_binomial_cdf(chances) if exact else None
+        pool = _Pool(mean, var, float(rng.integers(0, 3)), np.linspace(0.0, rng.uniform(0, 4), u), q, 0.01,
+                     np.diff(q, prepend=0.0), 0.25, cdf, ready)
+        alpha, upper = float(rng.uniform(0.05, 0.6)), int(rng.integers(1, 60))
+        burst = (int(rng.integers(1, 6)), 1e-3) if case % 2 else None
+        found, _ = pool.largest_affordable(alpha, upper, burst)
+        ns = np.arange(1, upper + 1, dtype=np.float64)
+        ok = pool.marginal_abandon(ns) <= alpha
+        if burst is not None:
+            ok &= pool.burst_probability(ns, burst[0]) <= burst[1]
+        expected = int(np.argmin(ok)) if not ok.all() else upper  # both grow with n
+        assert found == expected, (case, alpha, upper, burst)

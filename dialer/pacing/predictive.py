@@ -81,6 +81,7 @@ VARIANCE_FLOOR = 0.05  # keeps the supply's normal defined when every agent's st
 CENSOR_REFRESH_S = 10.0  # how often calls in progress are folded into the talk-time curve
 TABLE_REFRESH_S = 5.0  # the talk-time curve is rebuilt at most this often (it moves slowly)
 COARSE_STEPS = 8  # candidates per vectorised pass of the search for n
+FIRST_CANDIDATES = 4  # dial counts the search's first pass evaluates (1 to this)
 MAX_ALPHA_RISE = 0.05  # largest rise of log α per decision (a 5 % larger α)
 SURGE_ATTEMPTS = 60.0  # dial outcomes in the recent answer rate that guards against sudden rises
 MAX_SURGE = 3.0
@@ -186,8 +187,7 @@ _PHI_TABLE = _normal_cdf(np.arange(-9.0, 9.0 + 1.0 / _PHI_STEPS, 1.0 / _PHI_STEP
 def _phi(z: FloatArray) -> FloatArray:
     """Φ(z) by table lookup: ~1 % relative error at 3σ, several times faster than computing it."""
     index = ((z - _PHI_LO) * _PHI_STEPS + 0.5).astype(np.int64)
-    np.clip(index, 0, len(_PHI_TABLE) - 1, out=index)
-    result: FloatArray = _PHI_TABLE[index]
+    result: FloatArray = np.take(_PHI_TABLE, index, mode="clip")
     return result
 
 
@@ -288,10 +288,12 @@ class _Decayed:
         self.weights[min(max(int(value_s), 0), self.size - 1)] += amount
         self.changed = True
 
-    def scale(self, factor: float) -> None:
+    def scale(self, factor: float, *, changes: bool = True) -> None:
+        """Forget: every weight times `factor`. `changes=False`: what is derived from this histogram
+        does not change (it is scaled together with the others it is used with)."""
         if factor < 1.0:
             self.weights *= factor
-            self.changed = True
+            self.changed = self.changed or changes
 
 
 def _forgetting(factor: float, mass: float, min_mass: float) -> float:
@@ -367,13 +369,17 @@ class _Pool:
         var = self.supply_var[None, :] + self.rate_rel_var * lam * lam  # (n, u)
         # Answers ahead minus agents, before ringing ones (continuity-corrected).
         gap = (self.waiting + 0.5 - self.supply_mean)[None, :] - excess[:, None]  # (n, u)
-        # Many answers: the Poisson is close enough to a normal.
-        short = _phi((lam + gap) / np.sqrt(lam + var))
         small = lam < POISSON_MAX_MEAN
-        cols = np.nonzero(small.any(axis=0))[0]
+        every = bool(small.all())
+        # Many answers: the Poisson is close enough to a normal.
+        short = np.empty_like(lam) if every else _phi((lam + gap) / np.sqrt(lam + var))
+        cols = np.arange(lam.shape[1]) if every else np.nonzero(small.any(axis=0))[0]
         if len(cols):
             # Few answers: sum over the Poisson's values, where it has mass and agents could run out.
-            lam_c, sd_c, gap_c = lam[:, cols], np.sqrt(var[:, cols]), gap[:, cols]
+            if every:
+                lam_c, sd_c, gap_c = lam, np.sqrt(var), gap
+            else:
+                lam_c, sd_c, gap_c = lam[:, cols], np.sqrt(var[:, cols]), gap[:, cols]
             top = min(float(lam_c.max()), POISSON_MAX_MEAN)
             hi = int(top + 6.0 * math.sqrt(top) + 6.0)
             lo = max(0, int(float(-gap_c.max() - 6.0 * sd_c.max())) - 1)
@@ -395,6 +401,9 @@ class _Pool:
                 enough = cdf[np.arange(len(cols))[None, :, None], np.clip(k, 0, m)[:, None, :]]  # (n, u, d)
                 enough = np.where((k < 0)[:, None, :], 0.0, enough)
                 poisson = (pmf * enough).sum(axis=2)
+            if every:
+                result: FloatArray = poisson
+                return result
             short[:, cols] = np.where(small[:, cols], poisson, short[:, cols])
         return short
 
@@ -405,47 +414,57 @@ class _Pool:
         With `burst` = (size, risk), n is also kept where the chance of `size` abandons at once
         stays within `risk`. Returns n and the expected abandons among those n dials per live
         answer (the marginals interpolated between the ones the search evaluated). Both chances
-        grow with n, so a coarse vectorised pass over [1, upper] brackets the answer and finer
-        passes pin it.
+        grow with n. The first pass, one vectorised evaluation, settles most ticks: n = 1 to
+        FIRST_CANDIDATES (a busy campaign mostly affords none or a few), plus whether even `upper`
+        dials could cause such a burst (if not, the burst is not searched). Beyond, coarse passes
+        over the rest bracket the answer and finer ones pin it.
         """
-        one = np.array([1.0])
-        first = float(self.marginal_abandon(one)[0])
-        # Most ticks of a busy campaign cannot afford even one dial: settled with one candidate.
-        if upper <= 0 or first > alpha:
+        if upper <= 0:
             return 0, 0.0
-        if burst is not None:
+        k = min(upper, FIRST_CANDIDATES)
+        ns = np.arange(1, k + 1, dtype=np.float64)
+        if burst is None:
+            values = self.marginal_abandon(ns)
+            ok = values <= alpha
+        else:
             size, risk = burst
-            ends = self.burst_probability(np.array([1.0, float(upper)]), size)
-            if ends[0] > risk:
-                return 0, 0.0
-            # Often even `upper` dials cannot cause such a burst: then it is not searched.
-            if ends[1] <= risk:
+            short = self._shortfall(np.concatenate([ns - 1.0, ns, [float(upper)]]),
+                                    np.concatenate([np.zeros(k), np.full(k + 1, float(size))]))
+            values = self._marginal(short[:k])
+            bursts = short[k:].max(axis=1)
+            ok = (values <= alpha) & (bursts[:k] <= risk)
+            if bursts[k] <= risk:  # not even `upper` dials risk such a burst
                 burst = None
-        seen: dict[int, float] = {1: first}
-        lo, hi = 1, upper  # invariant: lo is affordable; the answer is in [lo, hi]
+        seen: dict[int, float] = dict(zip(range(1, k + 1), values.tolist(), strict=True))
+        if not ok[0]:
+            return 0, 0.0
+        if not ok.all():
+            lo = hi = int(np.argmin(ok))  # the last affordable one
+        else:
+            lo, hi = k, upper  # invariant: lo is affordable; the answer is in [lo, hi]
         while hi > lo:
             step = max(1, (hi - lo) // COARSE_STEPS)
-            ns = np.arange(lo + 1, hi + 1, step, dtype=np.int64)
+            cand = np.arange(lo + 1, hi + 1, step, dtype=np.int64)
             if burst is None:
-                values = self.marginal_abandon(ns.astype(np.float64))
+                values = self.marginal_abandon(cand.astype(np.float64))
                 ok = values <= alpha
             else:
-                values, bursts = self.marginal_and_burst(ns.astype(np.float64), burst[0])
+                values, bursts = self.marginal_and_burst(cand.astype(np.float64), burst[0])
                 ok = (values <= alpha) & (bursts <= burst[1])
-            seen.update(zip(ns.tolist(), values.tolist(), strict=True))
+            seen.update(zip(cand.tolist(), values.tolist(), strict=True))
             if ok.all():
-                lo = int(ns[-1])
+                lo = int(cand[-1])
                 if step == 1 or lo == hi:
                     break
             else:
                 first_bad = int(np.argmin(ok))
                 if first_bad > 0:
-                    lo = int(ns[first_bad - 1])
-                hi = int(ns[first_bad]) - 1
+                    lo = int(cand[first_bad - 1])
+                hi = int(cand[first_bad]) - 1
                 if step == 1:
                     break
-        known = sorted(k for k in seen if k <= lo)
-        marginals = np.interp(np.arange(1, lo + 1), known, [seen[k] for k in known])
+        known = sorted(n for n in seen if n <= lo)
+        marginals = np.interp(np.arange(1, lo + 1), known, [seen[n] for n in known])
         return lo, float(marginals.mean())
 
 
@@ -488,6 +507,12 @@ class PredictivePolicy(PacingPolicy):
     _talk_surv: FloatArray = field(default_factory=lambda: np.ones(MAX_HANDLE_S + 1))
     _wrap_surv: FloatArray = field(default_factory=lambda: np.ones(MAX_WRAP_S + 1))
     _wrap_q: IntArray = field(default_factory=lambda: np.zeros(len(WRAP_QUANTILES), dtype=np.int64))
+    _wrap_levels: list[tuple[int, int]] = field(default_factory=lambda: [(0, len(WRAP_QUANTILES))])
+    _talk_table: FloatArray | None = None  # `_talk_free` by whole seconds talked, for the grid below
+    _talk_table_offsets: IntArray | None = None  # the grid it was built for (the same object)
+    _grid_cache: tuple[int, IntArray, FloatArray] | None = None  # horizon, u, ready-by times
+    _offsets: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _offsets_of: FloatArray | None = None
     _live_cum: FloatArray = field(default_factory=lambda: np.zeros(MAX_RING_S + 1))
     _unresolved: FloatArray = field(default_factory=lambda: np.ones(MAX_RING_S + 1))
 
@@ -542,9 +567,11 @@ class PredictivePolicy(PacingPolicy):
             self._wrap.scale(handles)
             factor = 0.5 ** (dt / p.attempts_half_life_s)
             attempts = _forgetting(factor, self._ring_all.mass, p.min_effective_attempts)
-            self._ring_all.scale(attempts)
-            self._ring_live.scale(attempts)
-            self._ring_shed.scale(attempts)
+            # The ring curves are ratios of these three histograms: scaling all three alike leaves
+            # them as they are, so it does not call for rebuilding them.
+            self._ring_all.scale(attempts, changes=False)
+            self._ring_live.scale(attempts, changes=False)
+            self._ring_shed.scale(attempts, changes=False)
         for handle in snap.new_handles:
             self._talk.add(handle.talk_s)
             self._wrap.add(handle.wrap_s)
@@ -635,6 +662,9 @@ class PredictivePolicy(PacingPolicy):
         self.log_alpha = max(math.log(p.alpha_min), min(math.log(p.alpha_max), self.log_alpha + step))
 
     def _refresh_tables(self, now: float) -> None:
+        if (self._talk.changed and now - self._talk_built_at >= TABLE_REFRESH_S) or (
+                self._wrap.changed and now - self._wrap_built_at >= TABLE_REFRESH_S):
+            self._talk_table = None  # built from both curves
         if self._talk.changed and now - self._talk_built_at >= TABLE_REFRESH_S:
             self._talk_surv = _survival(self._talk.weights, self._in_progress)
             self._talk.changed = False
@@ -645,6 +675,8 @@ class PredictivePolicy(PacingPolicy):
             cdf = np.cumsum(self._wrap.weights)
             total = cdf[-1] if cdf[-1] > 0 else 1.0
             self._wrap_q = np.searchsorted(cdf / total, WRAP_QUANTILES).astype(np.int64)
+            wraps, counts = np.unique(self._wrap_q, return_counts=True)
+            self._wrap_levels = list(zip(wraps.tolist(), counts.tolist(), strict=True))
             self._wrap.changed = False
         if self._ring_all.changed or self._ring_live.changed or self._ring_shed.changed:
             if self._ring_all.mass > 0:
@@ -668,10 +700,7 @@ class PredictivePolicy(PacingPolicy):
             # A call still ringing after the minimum ring is kept only for an agent free for it: its
             # answer risks little. The risk of a dial lies in the answers before (plus a step of slack).
             horizon = min(full, int(MIN_RING_TIMEOUT_S) + GRID_STEP_S)
-        u = np.arange(0, horizon + 1, GRID_STEP_S, dtype=np.int64)
-        # A dial answered within (u - step, u] is given the agents free by the middle of that step
-        # plus the deadline (its answer time is only known to the step).
-        ready_by = np.maximum(u - GRID_STEP_S / 2.0, 0.0) + self._p.connect_deadline_s
+        u, ready_by = self._grid(horizon)
         supply_mean, supply_var, ready, groups = self._supply(snap, ready_by)
         self._free_now, self._free_now_at = float(supply_mean[0]), snap.now
         surge = self._surge()
@@ -704,6 +733,16 @@ class PredictivePolicy(PacingPolicy):
             self._steer(n, n * p_live * mean_marginal, n * p_live)
         return n
 
+    def _grid(self, horizon: int) -> tuple[IntArray, FloatArray]:
+        """Times u of the horizon (seconds from now) and when an agent must be free for each."""
+        if self._grid_cache is None or self._grid_cache[0] != horizon:
+            u = np.arange(0, horizon + 1, GRID_STEP_S, dtype=np.int64)
+            # A dial answered within (u - step, u] is given the agents free by the middle of that step
+            # plus the deadline (its answer time is only known to the step).
+            ready_by = np.maximum(u - GRID_STEP_S / 2.0, 0.0) + self._p.connect_deadline_s
+            self._grid_cache = (horizon, u, ready_by)
+        return self._grid_cache[1], self._grid_cache[2]
+
     def _surge(self) -> float:
         """Factor by which the answer rate of the last dials significantly exceeds the learnt one.
 
@@ -729,19 +768,22 @@ class PredictivePolicy(PacingPolicy):
         talking: list[float] = []
         wrapping: list[float] = []
         ready = 0
-        for agent in snap.agents:
-            state = agent.state
-            if state is AgentState.READY:
+        is_ready, is_talking, is_wrap, is_reserved = (
+            AgentState.READY, AgentState.TALKING, AgentState.WRAP_UP, AgentState.RESERVED)
+        for state, state_elapsed_s, handle_elapsed_s in snap.agents:
+            if state is is_ready:
                 ready += 1
-            elif state is AgentState.TALKING:
-                talking.append(agent.handle_elapsed_s)
-            elif state is AgentState.WRAP_UP:
-                wrapping.append(agent.state_elapsed_s)
-            elif state is AgentState.RESERVED:
+            elif state is is_talking:
+                talking.append(handle_elapsed_s)
+            elif state is is_wrap:
+                wrapping.append(state_elapsed_s)
+            elif state is is_reserved:
                 talking.append(0.0)
         mean = np.full(len(at_s), float(ready))
         var = np.zeros(len(at_s))
-        offsets = np.floor(at_s).astype(np.int64)
+        if self._offsets_of is not at_s:  # the same grid as last time, mostly
+            self._offsets, self._offsets_of = np.floor(at_s).astype(np.int64), at_s
+        offsets = self._offsets
         groups: list[FloatArray] = []
         if talking:
             p_free = self._talk_free(np.array(talking), offsets)
@@ -760,18 +802,33 @@ class PredictivePolicy(PacingPolicy):
     def _talk_free(self, elapsed_s: FloatArray, offsets: IntArray) -> FloatArray:
         """P(talk ends and wrap-up ends by offset | talked `elapsed_s` so far), agents × offsets.
 
+        Read from a table by whole seconds talked, built for the current curves and grid when
+        first needed (the curves change every few seconds, the agents' elapsed times every tick).
+        """
+        last = len(self._talk_surv) - 1
+        e = np.minimum(elapsed_s.astype(np.int64), last)
+        need = int(e.max()) + 1
+        table = self._talk_table
+        if table is None or len(table) < need or self._talk_table_offsets is not offsets:
+            rows = min(last + 1, max(need, 2 * len(table) if table is not None else 0, 256))
+            table = self._talk_free_rows(np.arange(rows, dtype=np.int64), offsets)
+            self._talk_table, self._talk_table_offsets = table, offsets
+        result: FloatArray = table[e]
+        return result
+
+    def _talk_free_rows(self, e: IntArray, offsets: IntArray) -> FloatArray:
+        """`_talk_free` computed for whole seconds talked `e`.
+
         The wrap-up distribution is represented by four quantiles (merged when equal, as with a
         fixed wrap-up time): free by t means the talk ends by t − wrap, averaged over them.
         """
         surv = self._talk_surv
         last = len(surv) - 1
-        e = np.minimum(elapsed_s.astype(np.int64), last)
         s_e = surv[e][:, None]
         live = s_e > 1e-12
         inv = np.divide(1.0, s_e, out=np.zeros_like(s_e), where=live)
-        wraps, counts = np.unique(self._wrap_q, return_counts=True)
         result = np.zeros((len(e), len(offsets)))
-        for wrap, count in zip(wraps.tolist(), counts.tolist(), strict=True):
+        for wrap, count in self._wrap_levels:
             talk_left = offsets - wrap  # the talk must end within this many seconds
             valid = talk_left > 0
             if not valid.any():
