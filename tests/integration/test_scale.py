@@ -176,12 +176,19 @@ class Cluster:
         log.close()
 
     def stop_all(self) -> None:
+        """SIGTERM every node and wait for each to exit.
+
+        A node's shutdown is bounded by its drain timeout (3 s here) plus the engine's bounded waits
+        for the calls' last records (5 s, then 5 s): 20 s leaves room for a starved CI machine. A
+        node still running then has stalled; it logged `shutdown_stalled` with where it waited.
+        """
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20.0
         for node, proc in self.procs.items():
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
