@@ -77,6 +77,9 @@ MIN_TICK_GAP_S = 0.2
 """Event-triggered ticks (an agent became ready, a line freed) are spaced at least this far apart:
 quick enough for ring times of seconds and a 2 s connect deadline, without a tick per event."""
 
+LOOP_STOP_S = 5.0
+"""How long `run()` waits, on stopping, for the cancelled pacing loops to end before it goes on."""
+
 
 def check_pools(campaigns: Mapping[str, CampaignConfig]) -> None:
     """Raise `ConfigError` when two campaigns share an agent pool (each would count its agents)."""
@@ -256,7 +259,15 @@ class Engine:
             loops = list(self._loops.values())
             for task in loops:
                 task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            if loops:
+                # Bounded: a loop that swallowed its cancellation (a library's bug) must not hang the
+                # shutdown; it is named in the log, and asyncio.run() cancels it again at exit.
+                done, stuck = await asyncio.wait(loops, timeout=LOOP_STOP_S)
+                for task in done:
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error("pacing_loop_failed", task=task.get_name(), error=repr(task.exception()))
+                for task in stuck:
+                    log.error("pacing_loop_not_stopping", task=task.get_name(), waited_s=LOOP_STOP_S)
             self._loops.clear()
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=5.0)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from dialer.agents import AgentPool
@@ -502,3 +503,27 @@ def test_calls_ringing_past_the_minimum_are_shed_youngest_kept_and_recorded_as_c
 
     run_virtual(body, numbers=4, metrics=metrics)
     assert registry.get_sample_value("dialer_calls_shed_total", {"campaign": "c"}) == 2
+
+
+def test_stopping_does_not_hang_on_a_pacing_loop_that_swallows_its_cancellation() -> None:
+    # A library that swallowed a CancelledError would leave the loop running and, before, the engine
+    # (and the daemon's shutdown) waiting on it forever. Now it is waited for a bounded time, named
+    # in the log, and the engine stops; the second cancellation at exit ends it.
+    async def body(rig: Rig) -> None:
+        async def stubborn() -> None:
+            swallowed = False
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    if swallowed:
+                        raise
+                    swallowed = True
+
+        rig.engine._loops["c"].cancel()
+        rig.engine._loops["c"] = rig.loop.create_task(stubborn(), name="pace-c")
+        await rig.step()
+
+    with structlog.testing.capture_logs() as logs:
+        run_virtual(body)  # stops the engine and allows it 10 s
+    assert [e["task"] for e in logs if e["event"] == "pacing_loop_not_stopping"] == ["pace-c"]
