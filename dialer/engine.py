@@ -264,8 +264,8 @@ class Engine:
                 # shutdown; it is named in the log, and asyncio.run() cancels it again at exit.
                 done, stuck = await asyncio.wait(loops, timeout=LOOP_STOP_S)
                 for task in done:
-                    if not task.cancelled() and task.exception() is not None:
-                        log.error("pacing_loop_failed", task=task.get_name(), error=repr(task.exception()))
+                    if not task.cancelled() and (exc := task.exception()) is not None:
+                        log.error("pacing_loop_failed", task=task.get_name(), error=repr(exc))
                 for task in stuck:
                     log.error("pacing_loop_not_stopping", task=task.get_name(), waited_s=LOOP_STOP_S)
             self._loops.clear()

@@ -510,9 +510,7 @@ class PredictivePolicy(PacingPolicy):
     _wrap_levels: list[tuple[int, int]] = field(default_factory=lambda: [(0, len(WRAP_QUANTILES))])
     _talk_table: FloatArray | None = None  # `_talk_free` by whole seconds talked, for the grid below
     _talk_table_offsets: IntArray | None = None  # the grid it was built for (the same object)
-    _grid_cache: tuple[int, IntArray, FloatArray] | None = None  # horizon, u, ready-by times
-    _offsets: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    _offsets_of: FloatArray | None = None
+    _grid_cache: tuple[int, IntArray, IntArray] | None = None  # horizon, u, ready-by whole seconds
     _live_cum: FloatArray = field(default_factory=lambda: np.zeros(MAX_RING_S + 1))
     _unresolved: FloatArray = field(default_factory=lambda: np.ones(MAX_RING_S + 1))
 
@@ -700,8 +698,8 @@ class PredictivePolicy(PacingPolicy):
             # A call still ringing after the minimum ring is kept only for an agent free for it: its
             # answer risks little. The risk of a dial lies in the answers before (plus a step of slack).
             horizon = min(full, int(MIN_RING_TIMEOUT_S) + GRID_STEP_S)
-        u, ready_by = self._grid(horizon)
-        supply_mean, supply_var, ready, groups = self._supply(snap, ready_by)
+        u, offsets = self._grid(horizon)
+        supply_mean, supply_var, ready, groups = self._supply(snap, offsets)
         self._free_now, self._free_now_at = float(supply_mean[0]), snap.now
         surge = self._surge()
         ringing_mean = self._demand(snap, u) * surge
@@ -733,14 +731,15 @@ class PredictivePolicy(PacingPolicy):
             self._steer(n, n * p_live * mean_marginal, n * p_live)
         return n
 
-    def _grid(self, horizon: int) -> tuple[IntArray, FloatArray]:
-        """Times u of the horizon (seconds from now) and when an agent must be free for each."""
+    def _grid(self, horizon: int) -> tuple[IntArray, IntArray]:
+        """Times u of the horizon (seconds from now) and, in whole seconds from now, when an agent
+        must be free for each. The same arrays while the horizon is the same."""
         if self._grid_cache is None or self._grid_cache[0] != horizon:
             u = np.arange(0, horizon + 1, GRID_STEP_S, dtype=np.int64)
             # A dial answered within (u - step, u] is given the agents free by the middle of that step
             # plus the deadline (its answer time is only known to the step).
             ready_by = np.maximum(u - GRID_STEP_S / 2.0, 0.0) + self._p.connect_deadline_s
-            self._grid_cache = (horizon, u, ready_by)
+            self._grid_cache = (horizon, u, np.floor(ready_by).astype(np.int64))
         return self._grid_cache[1], self._grid_cache[2]
 
     def _surge(self) -> float:
@@ -759,9 +758,9 @@ class PredictivePolicy(PacingPolicy):
         floor = recent - 2.0 * math.sqrt(recent * (1.0 - recent) / n)
         return 1.0 if learnt <= 0 else min(MAX_SURGE, max(1.0, floor / learnt))
 
-    def _supply(self, snap: PacingSnapshot, at_s: FloatArray
+    def _supply(self, snap: PacingSnapshot, offsets: IntArray
                 ) -> tuple[FloatArray, FloatArray, int, list[FloatArray]]:
-        """Mean and variance of the agents free by each time in `at_s` (seconds from now).
+        """Mean and variance of the agents free by each time in `offsets` (whole seconds from now).
 
         Also the ready agents and, per group of busy agents, their chances of being free (rows).
         """
@@ -779,11 +778,8 @@ class PredictivePolicy(PacingPolicy):
                 wrapping.append(state_elapsed_s)
             elif state is is_reserved:
                 talking.append(0.0)
-        mean = np.full(len(at_s), float(ready))
-        var = np.zeros(len(at_s))
-        if self._offsets_of is not at_s:  # the same grid as last time, mostly
-            self._offsets, self._offsets_of = np.floor(at_s).astype(np.int64), at_s
-        offsets = self._offsets
+        mean = np.full(len(offsets), float(ready))
+        var = np.zeros(len(offsets))
         groups: list[FloatArray] = []
         if talking:
             p_free = self._talk_free(np.array(talking), offsets)
