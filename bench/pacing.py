@@ -428,6 +428,19 @@ def decision_latency_us(agents: int = 200, ringing: int = 150, repeats: int = 30
     return statistics.median(times) * 1e6
 
 
+def paired_margin(row: Row, other: Row) -> tuple[float, float] | None:
+    """Mean and standard error of `row`'s occupancy minus `other`'s over the seeds both ran.
+
+    Both policies meet the same callers on each seed, so the per-seed difference is the fair
+    comparison; its spread says how much of a margin the seeds can resolve. None below 2 seeds.
+    """
+    mine = {r["seed"]: float(r["occupancy"]) for r in row.runs}
+    diffs = [mine[r["seed"]] - float(r["occupancy"]) for r in other.runs if r["seed"] in mine]
+    if len(diffs) < 2:
+        return None
+    return statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
 def _verdict(rows: list[Row]) -> list[str]:
     """The issue's criteria for `predictive`, checked row by row."""
     lines = []
@@ -452,9 +465,12 @@ def _verdict(rows: list[Row]) -> list[str]:
                            f"(needs {needed:.1%})", pred.occupancy >= needed))
         failed = [name for name, ok in checks if not ok]
         status = "meets all" if not failed else "MISSES: " + "; ".join(failed)
+        paired = None if ratio is None else paired_margin(pred, ratio)
+        spread = "" if paired is None else (f" ({paired[0] * 100:+.2f} +- {paired[1] * 100:.2f} pts over "
+                                             "hindsight ratio, per-seed mean +- s.e.)")
         lines.append(f"- {scenario}, {agents} agents: predictive {pred.occupancy:.1%} occupancy, "
                      f"{pred.abandon_rate:.2%} abandon, worst window {pred.worst_window_abandon:.2%}"
-                     f" - {status}")
+                     f" - {status}{spread}")
     return lines
 
 
