@@ -409,21 +409,27 @@ class Engine:
                  limit_reached: bool) -> PacingSnapshot:
         """The pacing snapshot of one campaign at `now`; drains the attempts/handles learnt since the last."""
         cfg = rt.config
-        views = []
-        # Once per agent per tick, the hot path of a large pool: states bound to locals.
+        views: list[AgentView] = []
+        counts: dict[AgentState, int] = {}
+        # Once per agent per tick, the hot path of a large pool: names bound to locals, and the
+        # named tuples made with tuple.__new__ (their own __new__ is a Python function).
         logged_out, talking, wrap_up = AgentState.LOGGED_OUT, AgentState.TALKING, AgentState.WRAP_UP
+        make, view, append = tuple.__new__, AgentView, views.append
         for agent in self.agents.in_pool(cfg.agent_pool):
             state = agent.state
             if state is logged_out:
                 continue
+            counts[state] = counts.get(state, 0) + 1
             handle = now - agent.call_started_at if state is talking or state is wrap_up else 0.0
-            views.append(AgentView(state, now - agent.state_since, handle))
+            append(make(view, (state, now - agent.state_since, handle)))
         ringing = []
         waiting = 0
+        dialling, ringing_state, waiting_state = CallState.DIALLING, CallState.RINGING, CallState.WAITING
         for call in rt.calls.values():
-            if call.state in (CallState.DIALLING, CallState.RINGING) and not call.shed:
-                ringing.append(RingingCall(now - call.dialled_at))
-            elif call.state is CallState.WAITING:
+            call_state = call.state
+            if (call_state is ringing_state or call_state is dialling) and not call.shed:
+                ringing.append(make(RingingCall, (now - call.dialled_at,)))
+            elif call_state is waiting_state:
                 waiting += 1
         attempts, rt.new_attempts = tuple(rt.new_attempts), []
         handles, rt.new_handles = tuple(rt.new_handles), []
@@ -442,6 +448,7 @@ class Engine:
             new_attempts=attempts,
             new_handles=handles,
             tick_interval_s=cfg.tick_interval_s,
+            state_counts=counts,
         )
 
     async def tick(self, rt: CampaignRuntime) -> int:

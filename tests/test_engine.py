@@ -158,6 +158,20 @@ def test_no_dial_without_a_ready_agent_then_one_per_ready_agent() -> None:
     run_virtual(body, numbers=3)
 
 
+def test_snapshot_counts_agents_by_state_as_it_lists_them() -> None:
+    async def body(rig: Rig) -> None:
+        states = (("a0", AgentState.READY), ("a1", AgentState.READY), ("a2", AgentState.PAUSED))
+        for agent_id, state in states:
+            rig.pool.transition(agent_id, state)  # a3 stays logged out: not in the snapshot
+        rt = rig.engine.campaigns["c"]
+        snap = rig.engine.snapshot(rt, rig.engine.clock(), 0, 0, False)
+        assert [a.state for a in snap.agents] == [AgentState.READY, AgentState.READY, AgentState.PAUSED]
+        assert dict(snap.state_counts) == {AgentState.READY: 2, AgentState.PAUSED: 1}
+        assert (snap.ready, snap.working) == (2, 2)
+
+    run_virtual(body, agents=4, numbers=0)
+
+
 def test_live_answer_goes_to_the_agent_then_wrap_up_then_ready() -> None:
     async def body(rig: Rig) -> None:
         rig.pool.transition("a0", AgentState.READY)

@@ -593,6 +593,13 @@ def test_predictive_surge_guard_is_not_fooled_by_shed_calls() -> None:
     assert policy._surge() == 1.0
 
 
+def test_snapshot_counts_agents_by_state_when_not_given_them() -> None:
+    s = snap(agent_views=agents(ready=3, talking=[10.0, 20.0], wrap=[1.0], paused=2))
+    assert (s.ready, s.working) == (3, 6)
+    assert (s.count(S.TALKING), s.count(S.WRAP_UP), s.count(S.RESERVED)) == (2, 1, 0)
+    assert snap().ready == 0 and snap().working == 0
+
+
 def test_poisson_binomial_cdf_matches_enumeration() -> None:
     rng = np.random.default_rng(7)
     chances = rng.random((5, 3))

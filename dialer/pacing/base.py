@@ -8,6 +8,7 @@ so a policy replays identically on the same snapshot sequence.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
@@ -68,20 +69,29 @@ class PacingSnapshot:
     new_attempts: tuple[AttemptResult, ...] = ()
     new_handles: tuple[HandleResult, ...] = ()
     tick_interval_s: float = 1.0
+    # Agents per state, counted from `agents` when not given (the engine counts while it builds them).
+    state_counts: Mapping[AgentState, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.state_counts and self.agents:
+            counts: dict[AgentState, int] = {}
+            for agent in self.agents:
+                counts[agent.state] = counts.get(agent.state, 0) + 1
+            object.__setattr__(self, "state_counts", counts)
 
     def count(self, state: AgentState) -> int:
         """Logged-in agents in `state`."""
-        return sum(1 for a in self.agents if a.state is state)
+        return self.state_counts.get(state, 0)
 
     @property
     def ready(self) -> int:
         """Agents waiting for a call."""
-        return self.count(AgentState.READY)
+        return self.state_counts.get(AgentState.READY, 0)
 
     @property
     def working(self) -> int:
         """Logged-in agents that are not paused."""
-        return sum(1 for a in self.agents if a.state is not AgentState.PAUSED)
+        return len(self.agents) - self.state_counts.get(AgentState.PAUSED, 0)
 
     @property
     def in_flight(self) -> int:
