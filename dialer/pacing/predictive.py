@@ -214,11 +214,21 @@ def _poisson_binomial_cdf(p: FloatArray) -> FloatArray:
     dist = np.zeros((cols, rows + 1))
     dist[:, 0] = 1.0
     for i in range(rows):
+        # After i agents only counts 0..i have mass: the others stay zero.
         pi = p[i][:, None]
-        shifted = np.zeros_like(dist)
-        shifted[:, 1 : i + 2] = dist[:, : i + 1]
-        dist = dist * (1.0 - pi) + shifted * pi
+        head = dist[:, : i + 1]
+        moved = head * pi
+        dist[:, : i + 1] = head * (1.0 - pi)
+        dist[:, 1 : i + 2] += moved
     result: FloatArray = np.cumsum(dist, axis=1)
+    return result
+
+
+def _steps(x: FloatArray) -> FloatArray:
+    """x[0], x[1] − x[0], x[2] − x[1], …: np.diff(x, prepend=0) without its overhead."""
+    result = np.empty_like(x)
+    result[0] = x[0]
+    np.subtract(x[1:], x[:-1], out=result[1:])
     return result
 
 
@@ -714,7 +724,7 @@ class PredictivePolicy(PacingPolicy):
         elif busy == 0 and self._p.exact_supply_agents > 0:
             supply_cdf = np.ones((len(u), 1))
         pool = _Pool(supply_mean, supply_var + VARIANCE_FLOOR, float(snap.waiting), ringing_mean, q,
-                     1.0 / max(self._ring_live.mass, 1.0), np.diff(q, prepend=0.0), p_live,
+                     1.0 / max(self._ring_live.mass, 1.0), _steps(q), p_live,
                      supply_cdf, ready)
         # Beyond this many dials the expected live answers exceed every agent who could possibly be
         # free with a wide margin: the marginal abandon probability is ~1 there.
@@ -764,20 +774,14 @@ class PredictivePolicy(PacingPolicy):
 
         Also the ready agents and, per group of busy agents, their chances of being free (rows).
         """
-        talking: list[float] = []
-        wrapping: list[float] = []
-        ready = 0
-        is_ready, is_talking, is_wrap, is_reserved = (
-            AgentState.READY, AgentState.TALKING, AgentState.WRAP_UP, AgentState.RESERVED)
-        for state, state_elapsed_s, handle_elapsed_s in snap.agents:
-            if state is is_ready:
-                ready += 1
-            elif state is is_talking:
-                talking.append(handle_elapsed_s)
-            elif state is is_wrap:
-                wrapping.append(state_elapsed_s)
-            elif state is is_reserved:
-                talking.append(0.0)
+        is_talking, is_wrap, is_reserved = AgentState.TALKING, AgentState.WRAP_UP, AgentState.RESERVED
+        counts = snap.state_counts
+        ready = counts.get(AgentState.READY, 0)
+        # Agents on a call (a reserved one is about to be, with nothing talked yet), in pool order.
+        talking = ([] if not counts.get(is_talking) and not counts.get(is_reserved) else
+                   [a[2] if a[0] is is_talking else 0.0 for a in snap.agents
+                    if a[0] is is_talking or a[0] is is_reserved])
+        wrapping = [a[1] for a in snap.agents if a[0] is is_wrap] if counts.get(is_wrap) else []
         mean = np.full(len(offsets), float(ready))
         var = np.zeros(len(offsets))
         groups: list[FloatArray] = []
