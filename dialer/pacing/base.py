@@ -8,6 +8,7 @@ so a policy replays identically on the same snapshot sequence.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
@@ -74,10 +75,7 @@ class PacingSnapshot:
 
     def __post_init__(self) -> None:
         if not self.state_counts and self.agents:
-            counts: dict[AgentState, int] = {}
-            for agent in self.agents:
-                counts[agent.state] = counts.get(agent.state, 0) + 1
-            object.__setattr__(self, "state_counts", counts)
+            object.__setattr__(self, "state_counts", Counter(a.state for a in self.agents))
 
     def count(self, state: AgentState) -> int:
         """Logged-in agents in `state`."""
