@@ -44,12 +44,12 @@ DEFAULT_OUT = ROOT / "bench" / "results"
 LIMIT = 0.03
 SKIP: frozenset[str] = frozenset()  # policies left out (--baselines-only)
 POLICY_ORDER = ("progressive", "ratio", "vicidial_adaptive", "issabel", "predictive")
-POLICY_MODULE = {
-    "progressive": "progressive",
-    "ratio": "ratio",
-    "vicidial_adaptive": "vicidial",
-    "issabel": "issabel",
-    "predictive": "predictive",
+POLICY_MODULES = {  # the modules of dialer/pacing/ whose code a policy's results depend on (and base.py)
+    "progressive": ("progressive",),
+    "ratio": ("ratio",),
+    "vicidial_adaptive": ("vicidial",),
+    "issabel": ("issabel",),
+    "predictive": ("predictive", "kernels"),
 }
 # VICIdial's other adaptive knobs stay at their defaults (intensity 0, dl_diff_target 0, drop limit
 # 3 %, ADAPT_TAPERED); its dial-level cap is the knob that matters most (default 3.0, far too low for
@@ -138,7 +138,8 @@ class Job:
 def _fingerprint(scenario: str, policy: str) -> str:
     digest = hashlib.sha256()
     digest.update((SCENARIO_DIR / f"{scenario}.toml").read_bytes())
-    digest.update((ROOT / "dialer" / "pacing" / f"{POLICY_MODULE[policy]}.py").read_bytes())
+    for module in POLICY_MODULES[policy]:
+        digest.update((ROOT / "dialer" / "pacing" / f"{module}.py").read_bytes())
     digest.update((ROOT / "dialer" / "pacing" / "base.py").read_bytes())
     return digest.hexdigest()[:16]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -14,7 +12,8 @@ from dialer.errors import ConfigError
 from dialer.outcomes import AgentState, Outcome
 from dialer.pacing import POLICIES, PacingPolicy, PacingSnapshot, make_policy
 from dialer.pacing.base import AgentView, AttemptResult, HandleResult, RingingCall
-from dialer.pacing.predictive import PredictivePolicy, _negative_binomial, _poisson_binomial_cdf, _Pool
+from dialer.pacing.kernels import poisson_binomial_cdf
+from dialer.pacing.predictive import PredictivePolicy, _Pool
 from dialer.pacing.vicidial import VicidialAdaptivePolicy
 
 S = AgentState
@@ -547,28 +546,6 @@ def test_predictive_payback_scales_the_goal_correction() -> None:
     assert strict.goal < lenient.goal
 
 
-def test_ring_curves_count_shed_calls_as_censored_not_as_failures() -> None:
-    from dialer.pacing.predictive import _cumulative_incidence
-
-    # 100 dials: 20 answer live at 7 s, 10 at 17 s, 70 ring out at 25 s. Half of the 80 still ringing
-    # at 15 s are shed then: in expectation 5 of the late answers and 35 of the ring-outs.
-    resolved, live, shed = np.zeros(30), np.zeros(30), np.zeros(30)
-    resolved[7] = live[7] = 20
-    resolved[17] = live[17] = 5
-    resolved[25] = 35
-    shed[15] = 40
-    live_cum, unresolved = _cumulative_incidence(resolved, live, shed)
-    assert live_cum[14] == pytest.approx(0.20) and unresolved[14] == pytest.approx(0.80)
-    assert live_cum[-1] == pytest.approx(0.30)  # the chance of a live answer is not lowered by shedding
-    assert unresolved[-1] == pytest.approx(0.0)
-    # Nothing shed: the plain cumulative shares.
-    resolved[17] = live[17] = 10
-    resolved[25] = 70
-    live_cum, unresolved = _cumulative_incidence(resolved, live, np.zeros(30))
-    assert np.allclose(live_cum, np.cumsum(live) / 100)
-    assert np.allclose(unresolved, 1 - np.cumsum(resolved) / 100)
-
-
 def test_predictive_keeps_late_calls_only_for_ready_agents() -> None:
     views = agents(ready=3, talking=[40.0] * 7)
     assert make_policy("predictive").late_calls_to_keep(snap(agent_views=views)) is None  # progressive yet
@@ -600,32 +577,6 @@ def test_snapshot_counts_agents_by_state_when_not_given_them() -> None:
     assert snap().ready == 0 and snap().working == 0
 
 
-def test_poisson_binomial_cdf_matches_enumeration() -> None:
-    rng = np.random.default_rng(7)
-    chances = rng.random((5, 3))
-    cdf = _poisson_binomial_cdf(chances)
-    for u in range(3):
-        dist = np.zeros(6)
-        for bits in itertools.product((0, 1), repeat=5):
-            terms = [c if b else 1.0 - c for c, b in zip(chances[:, u], bits, strict=True)]
-            dist[sum(bits)] += np.prod(terms)
-        np.testing.assert_allclose(cdf[u], np.cumsum(dist))
-
-
-def test_negative_binomial_has_the_poisson_mean_and_the_extra_variance() -> None:
-    d = np.arange(0, 80)
-    lam = np.array([[0.5, 3.0], [7.0, 12.0]])
-    pmf = _negative_binomial(d, lam, 0.05)
-    mean = (pmf * d).sum(axis=2)
-    var = (pmf * d * d).sum(axis=2) - mean**2
-    np.testing.assert_allclose(pmf.sum(axis=2), 1.0, atol=1e-6)
-    np.testing.assert_allclose(mean, lam, rtol=1e-4)
-    np.testing.assert_allclose(var, lam + 0.05 * lam**2, rtol=1e-3)
-    log_fact = np.array([math.lgamma(k + 1.0) for k in d])
-    poisson = np.exp(d * np.log(lam[:, :, None]) - lam[:, :, None] - log_fact)
-    np.testing.assert_allclose(_negative_binomial(d, lam, 1e-9), poisson, atol=1e-6)
-
-
 def test_predictive_counts_a_small_pool_exactly() -> None:
     # Three busy agents, each free in time by a 20 % chance, nobody ready, nothing ringing: the first
     # dial, answered live, finds no agent with probability 0.8³ = 0.512. A normal with the same mean
@@ -638,7 +589,7 @@ def test_predictive_counts_a_small_pool_exactly() -> None:
         return _Pool(np.full(u, 0.6), np.full(u, 0.48), 0.0, np.zeros(u), q, 1e-9, np.diff(q, prepend=0.0),
                      0.25, cdf, 0)
 
-    exact = pool(_poisson_binomial_cdf(chances)).marginal_abandon(np.array([1.0]))[0]
+    exact = pool(poisson_binomial_cdf(chances)).marginal_abandon(np.array([1.0]))[0]
     normal = pool(None).marginal_abandon(np.array([1.0]))[0]
     assert exact == pytest.approx(0.512, abs=1e-6)
     assert normal == pytest.approx(0.445, abs=0.01)
@@ -669,7 +620,7 @@ def test_predictive_search_finds_what_checking_every_count_finds(exact: bool) ->
         chances = np.sort(rng.uniform(0.0, 1.0, (int(rng.integers(1, 12)), u)), axis=1)
         mean = ready + chances.sum(axis=0)
         var = (chances * (1.0 - chances)).sum(axis=0) + 0.05
-        cdf = _poisson_binomial_cdf(chances) if exact else None
+        cdf = poisson_binomial_cdf(chances) if exact else None
         pool = _Pool(mean, var, float(rng.integers(0, 3)), np.linspace(0.0, rng.uniform(0, 4), u), q, 0.01,
                      np.diff(q, prepend=0.0), 0.25, cdf, ready)
         alpha, upper = float(rng.uniform(0.05, 0.6)), int(rng.integers(1, 60))

@@ -66,6 +66,7 @@ import numpy.typing as npt
 from pydantic import Field, model_validator
 
 from dialer.outcomes import AgentState
+from dialer.pacing import kernels
 from dialer.pacing.base import PacingPolicy, PacingSnapshot, PolicyParams, progressive_count
 from dialer.telephony import MIN_RING_TIMEOUT_S
 
@@ -76,22 +77,16 @@ MAX_HANDLE_S = 4 * 3600  # talk-time table length; longer calls fall in the expo
 MAX_WRAP_S = 1800
 MAX_RING_S = 180  # ring-time table length; ring timeouts are far shorter
 WRAP_QUANTILES = np.array([0.125, 0.375, 0.625, 0.875])
-TAIL_MIN_WEIGHT = 8.0  # the survival curve is empirical while this much weight lies beyond
 VARIANCE_FLOOR = 0.05  # keeps the supply's normal defined when every agent's state is certain
 CENSOR_REFRESH_S = 10.0  # how often calls in progress are folded into the talk-time curve
 TABLE_REFRESH_S = 5.0  # the talk-time curve is rebuilt at most this often (it moves slowly)
-COARSE_STEPS = 8  # candidates per vectorised pass of the search for n
-FIRST_CANDIDATES = 4  # dial counts the search's first pass evaluates (1 to this)
 MAX_ALPHA_RISE = 0.05  # largest rise of log α per decision (a 5 % larger α)
 SURGE_ATTEMPTS = 60.0  # dial outcomes in the recent answer rate that guards against sudden rises
 MAX_SURGE = 3.0
 GRID_STEP_S = 2  # time resolution of the horizon
-POISSON_MAX_MEAN = 25.0  # above this many expected answers a normal replaces the Poisson sum
 BURST_S = 30.0  # abandons this close together count as one burst
 BURST_HALF_LIFE_S = 1800.0  # how long the largest burst is remembered (half-life)
-_LOG_FACT = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, 20001)))])  # log(k!) for k <= 20000
-_SQRT2 = math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_NO_CDF = np.zeros((1, 1))  # stands for "no exact supply distribution" in the compiled kernels
 
 
 class PredictiveParams(PolicyParams):
@@ -169,61 +164,6 @@ class PredictiveParams(PolicyParams):
         return self
 
 
-def _normal_cdf(x: FloatArray) -> FloatArray:
-    """Φ(x) to ~1e-7 (Numerical Recipes' erfc); numpy has no erf and scipy is not a dependency."""
-    z = np.abs(x) / _SQRT2
-    t = 1.0 / (1.0 + 0.5 * z)
-    poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
-        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
-            -0.82215223 + t * 0.17087277))))))))
-    erfc = t * np.exp(-z * z + poly)
-    return np.where(x >= 0, 1.0 - 0.5 * erfc, 0.5 * erfc)
-
-
-_PHI_LO, _PHI_STEPS = -9.0, 128  # table of Φ from -9 to 9 in steps of 1/128
-_PHI_TABLE = _normal_cdf(np.arange(-9.0, 9.0 + 1.0 / _PHI_STEPS, 1.0 / _PHI_STEPS))
-
-
-def _phi(z: FloatArray) -> FloatArray:
-    """Φ(z) by table lookup: ~1 % relative error at 3σ, several times faster than computing it."""
-    index = ((z - _PHI_LO) * _PHI_STEPS + 0.5).astype(np.int64)
-    result: FloatArray = np.take(_PHI_TABLE, index, mode="clip")
-    return result
-
-
-def _negative_binomial(d: IntArray, lam: FloatArray, rel_var: float) -> FloatArray:
-    """P(D = d) for a count of mean `lam` and variance lam + rel_var·lam², lam (n, u) × d.
-
-    A Poisson whose rate is itself uncertain (a gamma with relative variance `rel_var`: the error
-    of the learnt live-answer chances, common to every call): more spread than a Poisson.
-    """
-    r = 1.0 / max(rel_var, 1e-9)
-    # log Γ(d + r) − log Γ(r) = Σ_{i<d} log(r + i)
-    top = int(d[-1]) if len(d) else 0
-    log_rising = np.concatenate([[0.0], np.cumsum(np.log(r + np.arange(top)))])[d]
-    lam3 = lam[:, :, None]
-    log_pmf = (log_rising - _LOG_FACT[d] + r * np.log(r / (r + lam3))
-               + d * np.log(np.maximum(lam3, 1e-300) / (r + lam3)))
-    result: FloatArray = np.exp(log_pmf)
-    return result
-
-
-def _poisson_binomial_cdf(p: FloatArray) -> FloatArray:
-    """P(Σ independent Bernoulli(p[i, u]) <= k), shape (u, k = 0..rows), by convolution."""
-    rows, cols = p.shape
-    dist = np.zeros((cols, rows + 1))
-    dist[:, 0] = 1.0
-    for i in range(rows):
-        # After i agents only counts 0..i have mass: the others stay zero.
-        pi = p[i][:, None]
-        head = dist[:, : i + 1]
-        moved = head * pi
-        dist[:, : i + 1] = head * (1.0 - pi)
-        dist[:, 1 : i + 2] += moved
-    result: FloatArray = np.cumsum(dist, axis=1)
-    return result
-
-
 def _steps(x: FloatArray) -> FloatArray:
     """x[0], x[1] − x[0], x[2] − x[1], …: np.diff(x, prepend=0) without its overhead."""
     result = np.empty_like(x)
@@ -232,77 +172,55 @@ def _steps(x: FloatArray) -> FloatArray:
     return result
 
 
-def _survival(events: FloatArray, censored: FloatArray | None = None) -> FloatArray:
-    """P(X > x) on the whole-second grid: Kaplan-Meier with an exponential tail.
-
-    `events` is the (weighted) histogram of completed durations; `censored` that of durations still
-    running (calls in progress, whose length is only known to exceed their elapsed time). Ignoring
-    them would bias the curve towards short calls, most of all early in a shift, when the long calls
-    have not ended yet. Where fewer than TAIL_MIN_WEIGHT observations remain at risk, the curve is
-    continued with the constant hazard measured beyond that point (events / time at risk).
-    """
-    n = len(events)
-    if events.sum() <= 0:
-        return np.ones(n)
-    exposure = events if censored is None else events + censored
-    at_risk = np.cumsum(exposure[::-1])[::-1]  # observations lasting at least x
-    hazard = np.divide(events, at_risk, out=np.zeros(n), where=at_risk > 0)
-    surv: FloatArray = np.cumprod(1.0 - np.minimum(hazard, 1.0)).astype(np.float64)
-    thin = np.nonzero(at_risk < TAIL_MIN_WEIGHT)[0]
-    if len(thin) == 0:
-        return surv
-    x0 = max(int(thin[0]) - 1, 0)
-    tail_events = float(events[x0 + 1 :].sum())
-    tail_time = float(at_risk[x0 + 1 :].sum())
-    if tail_events > 0 and tail_time > 0:
-        rate = tail_events / tail_time
-    else:  # nothing ended out there yet: fall back on the overall hazard
-        rate = float(events.sum()) / max(float(at_risk.sum()), 1.0)
-    surv[x0:] = surv[x0] * np.exp(-rate * np.arange(n - x0))
-    return surv
-
-
-def _cumulative_incidence(resolved: FloatArray, live: FloatArray,
-                          censored: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """P(live answer by t) and P(still unresolved after t) from ring-time histograms (Aalen-Johansen).
-
-    `resolved` holds every resolved attempt by ring time, `live` the live answers among them,
-    `censored` the calls cancelled while still ringing (shed): they count as at risk up to their
-    cancellation and no further. Without censoring this is the plain cumulative share.
-    """
-    at_risk = np.cumsum((resolved + censored)[::-1])[::-1]
-    ok = at_risk > 0
-    hazard = np.divide(resolved, at_risk, out=np.zeros_like(resolved), where=ok)
-    unresolved: FloatArray = np.cumprod(1.0 - np.minimum(hazard, 1.0)).astype(np.float64)
-    before = np.concatenate([[1.0], unresolved[:-1]])
-    live_cum: FloatArray = np.cumsum(before * np.divide(live, at_risk, out=np.zeros_like(live), where=ok))
-    return live_cum, unresolved
-
-
 @dataclass
 class _Decayed:
-    """A histogram whose old observations lose weight with a half-life, down to a minimum mass."""
+    """A histogram whose old observations lose weight with a half-life, down to a minimum mass.
+
+    Forgetting happens every tick and the talk-time histogram has a bin per second of four hours:
+    the bins are kept unscaled with the common factor apart (folded in when it gets tiny), so a
+    tick costs one multiplication, not one per bin.
+    """
 
     size: int
-    weights: FloatArray = field(init=False)
     changed: bool = True
+    _raw: FloatArray = field(init=False)
+    _factor: float = 1.0  # weights = _raw × _factor
+    _mass: float = 0.0
+    _weights: FloatArray | None = None  # _raw × _factor, made when asked for
 
     def __post_init__(self) -> None:
-        self.weights = np.zeros(self.size)
+        self._raw = np.zeros(self.size)
+
+    @property
+    def weights(self) -> FloatArray:
+        if self._weights is None:
+            self._weights = self._raw * self._factor
+        return self._weights
 
     @property
     def mass(self) -> float:
-        return float(self.weights.sum())
+        return self._mass
+
+    def mass_below(self, value_s: int) -> float:
+        """The weight of the observations under `value_s`."""
+        return float(self._raw[:value_s].sum()) * self._factor
 
     def add(self, value_s: float, amount: float = 1.0) -> None:
-        self.weights[min(max(int(value_s), 0), self.size - 1)] += amount
+        self._raw[min(max(int(value_s), 0), self.size - 1)] += amount / self._factor
+        self._mass += amount
+        self._weights = None
         self.changed = True
 
     def scale(self, factor: float, *, changes: bool = True) -> None:
         """Forget: every weight times `factor`. `changes=False`: what is derived from this histogram
         does not change (it is scaled together with the others it is used with)."""
         if factor < 1.0:
-            self.weights *= factor
+            self._factor *= factor
+            self._mass *= factor
+            if self._factor < 1e-100:  # long before it would underflow
+                self._raw *= self._factor
+                self._factor = 1.0
+            self._weights = None
             self.changed = self.changed or changes
 
 
@@ -341,9 +259,11 @@ class _Pool:
 
         Answered at u, it finds no agent if the other live answers by u (waiting ones, ringing
         ones, the n − 1 other new dials) have already taken every agent free by then (abandons
-        leaving the queue would only help it: this errs on the safe side).
+        leaving the queue would only help it: this errs on the safe side). Served, it still costs
+        an abandon if agents run short at any later v: the agent it took was the one a call
+        answering at v needed (first come, first served).
         """
-        return self._marginal(self._shortfall(ns - 1.0, np.zeros(len(ns))))
+        return self._assess(ns - 1.0, np.zeros(len(ns), dtype=np.int64), len(ns))
 
     def burst_probability(self, ns: FloatArray, size: int) -> FloatArray:
         """P(n new dials leave at least `size` live answers without an agent), for each n in `ns`.
@@ -351,71 +271,14 @@ class _Pool:
         At least that many abandon when, at some u, the answers by u outnumber the agents free by
         then by `size`: the chance at the worst u (a lower bound of the chance over the horizon).
         """
-        result: FloatArray = self._shortfall(ns, np.full(len(ns), float(size))).max(axis=1)
-        return result
+        return self._assess(ns, np.full(len(ns), size, dtype=np.int64), 0)
 
-    def marginal_and_burst(self, ns: FloatArray, size: int) -> tuple[FloatArray, FloatArray]:
-        """`marginal_abandon(ns)` and `burst_probability(ns, size)` in one pass over the grid."""
-        k = len(ns)
-        short = self._shortfall(np.concatenate([ns - 1.0, ns]),
-                                np.concatenate([np.zeros(k), np.full(k, float(size))]))
-        return self._marginal(short[:k]), short[k:].max(axis=1)
-
-    def _marginal(self, short: FloatArray) -> FloatArray:
-        # Served at u, the dial still costs an abandon if agents run short at any later v: the
-        # agent it took was the one a call answering at v needed (first come, first served).
-        short = np.maximum.accumulate(short[:, ::-1], axis=1)[:, ::-1]
-        result: FloatArray = (short * self.dq[None, :]).sum(axis=1) / self.p_live
-        return result
-
-    def _shortfall(self, dials: FloatArray, excess: FloatArray) -> FloatArray:
-        """P(answers by u − agents free by u ≥ excess[n]) on the (n, u) grid, with dials[n] new dials.
-
-        Excess 0 is the chance that an answer at u finds every agent taken.
-        """
-        lam = self.ringing_mean[None, :] + dials[:, None] * self.q[None, :]  # (n, u)
-        # The live-answer chances are estimates: their error moves every call the same way, so it
-        # adds (λ·error)² of variance, not λ·error. It matters most for a big batch on little data.
-        var = self.supply_var[None, :] + self.rate_rel_var * lam * lam  # (n, u)
-        # Answers ahead minus agents, before ringing ones (continuity-corrected).
-        gap = (self.waiting + 0.5 - self.supply_mean)[None, :] - excess[:, None]  # (n, u)
-        small = lam < POISSON_MAX_MEAN
-        every = bool(small.all())
-        # Many answers: the Poisson is close enough to a normal.
-        short = np.empty_like(lam) if every else _phi((lam + gap) / np.sqrt(lam + var))
-        cols = np.arange(lam.shape[1]) if every else np.nonzero(small.any(axis=0))[0]
-        if len(cols):
-            # Few answers: sum over the Poisson's values, where it has mass and agents could run out.
-            if every:
-                lam_c, sd_c, gap_c = lam, np.sqrt(var), gap
-            else:
-                lam_c, sd_c, gap_c = lam[:, cols], np.sqrt(var[:, cols]), gap[:, cols]
-            top = min(float(lam_c.max()), POISSON_MAX_MEAN)
-            hi = int(top + 6.0 * math.sqrt(top) + 6.0)
-            lo = max(0, int(float(-gap_c.max() - 6.0 * sd_c.max())) - 1)
-            hi = min(max(hi, lo + 1), len(_LOG_FACT) - 1)
-            d = np.arange(lo, hi + 1, dtype=np.int64)
-            if self.supply_cdf is None:
-                log_lam = np.log(np.maximum(lam_c, 1e-300))
-                pmf = np.exp(d * log_lam[:, :, None] - lam_c[:, :, None] - _LOG_FACT[d])
-                # P(agents free by then <= answers ahead of it - excess), continuity-corrected.
-                z = (d + gap_c[:, :, None]) / sd_c[:, :, None]
-                poisson = (pmf * _phi(z)).sum(axis=2)
-            else:
-                pmf = _negative_binomial(d, lam_c, self.rate_rel_var)
-                # P(agents free by then <= answers ahead of it - excess), counted exactly.
-                cdf = self.supply_cdf[cols]  # (u, k)
-                m = cdf.shape[1] - 1
-                ahead = int(self.waiting) - self.ready
-                k = (d[None, :] + ahead - excess[:, None]).astype(np.int64)  # (n, d)
-                enough = cdf[np.arange(len(cols))[None, :, None], np.clip(k, 0, m)[:, None, :]]  # (n, u, d)
-                enough = np.where((k < 0)[:, None, :], 0.0, enough)
-                poisson = (pmf * enough).sum(axis=2)
-            if every:
-                result: FloatArray = poisson
-                return result
-            short[:, cols] = np.where(small[:, cols], poisson, short[:, cols])
-        return short
+    def _assess(self, dials: FloatArray, excess: IntArray, marginal_rows: int) -> FloatArray:
+        """The compiled model: marginal abandon chances for the first rows, burst chances after."""
+        cdf = self.supply_cdf
+        return kernels.assess(dials, excess, marginal_rows, self.ringing_mean, self.q, self.dq, self.p_live,
+                              self.supply_mean, self.supply_var, int(self.waiting), self.ready,
+                              self.rate_rel_var, _NO_CDF if cdf is None else cdf, cdf is not None)
 
     def largest_affordable(self, alpha: float, upper: int, burst: tuple[int, float] | None = None
                            ) -> tuple[int, float]:
@@ -423,59 +286,14 @@ class _Pool:
 
         With `burst` = (size, risk), n is also kept where the chance of `size` abandons at once
         stays within `risk`. Returns n and the expected abandons among those n dials per live
-        answer (the marginals interpolated between the ones the search evaluated). Both chances
-        grow with n. The first pass, one vectorised evaluation, settles most ticks: n = 1 to
-        FIRST_CANDIDATES (a busy campaign mostly affords none or a few), plus whether even `upper`
-        dials could cause such a burst (if not, the burst is not searched). Beyond, coarse passes
-        over the rest bracket the answer and finer ones pin it.
+        answer. See `kernels.largest_affordable`.
         """
-        if upper <= 0:
-            return 0, 0.0
-        k = min(upper, FIRST_CANDIDATES)
-        ns = np.arange(1, k + 1, dtype=np.float64)
-        if burst is None:
-            values = self.marginal_abandon(ns)
-            ok = values <= alpha
-        else:
-            size, risk = burst
-            short = self._shortfall(np.concatenate([ns - 1.0, ns, [float(upper)]]),
-                                    np.concatenate([np.zeros(k), np.full(k + 1, float(size))]))
-            values = self._marginal(short[:k])
-            bursts = short[k:].max(axis=1)
-            ok = (values <= alpha) & (bursts[:k] <= risk)
-            if bursts[k] <= risk:  # not even `upper` dials risk such a burst
-                burst = None
-        seen: dict[int, float] = dict(zip(range(1, k + 1), values.tolist(), strict=True))
-        if not ok[0]:
-            return 0, 0.0
-        if not ok.all():
-            lo = hi = int(np.argmin(ok))  # the last affordable one
-        else:
-            lo, hi = k, upper  # invariant: lo is affordable; the answer is in [lo, hi]
-        while hi > lo:
-            step = max(1, (hi - lo) // COARSE_STEPS)
-            cand = np.arange(lo + 1, hi + 1, step, dtype=np.int64)
-            if burst is None:
-                values = self.marginal_abandon(cand.astype(np.float64))
-                ok = values <= alpha
-            else:
-                values, bursts = self.marginal_and_burst(cand.astype(np.float64), burst[0])
-                ok = (values <= alpha) & (bursts <= burst[1])
-            seen.update(zip(cand.tolist(), values.tolist(), strict=True))
-            if ok.all():
-                lo = int(cand[-1])
-                if step == 1 or lo == hi:
-                    break
-            else:
-                first_bad = int(np.argmin(ok))
-                if first_bad > 0:
-                    lo = int(cand[first_bad - 1])
-                hi = int(cand[first_bad]) - 1
-                if step == 1:
-                    break
-        known = sorted(n for n in seen if n <= lo)
-        marginals = np.interp(np.arange(1, lo + 1), known, [seen[n] for n in known])
-        return lo, float(marginals.mean())
+        size, risk = burst if burst is not None else (0, 0.0)
+        cdf = self.supply_cdf
+        return kernels.largest_affordable(alpha, upper, size, risk, self.ringing_mean, self.q, self.dq,
+                                          self.p_live, self.supply_mean, self.supply_var, int(self.waiting),
+                                          self.ready, self.rate_rel_var, _NO_CDF if cdf is None else cdf,
+                                          cdf is not None)
 
 
 @dataclass
@@ -516,10 +334,9 @@ class PredictivePolicy(PacingPolicy):
     # Derived tables, rebuilt when the histograms change.
     _talk_surv: FloatArray = field(default_factory=lambda: np.ones(MAX_HANDLE_S + 1))
     _wrap_surv: FloatArray = field(default_factory=lambda: np.ones(MAX_WRAP_S + 1))
-    _wrap_q: IntArray = field(default_factory=lambda: np.zeros(len(WRAP_QUANTILES), dtype=np.int64))
-    _wrap_levels: list[tuple[int, int]] = field(default_factory=lambda: [(0, len(WRAP_QUANTILES))])
-    _talk_table: FloatArray | None = None  # `_talk_free` by whole seconds talked, for the grid below
-    _talk_table_offsets: IntArray | None = None  # the grid it was built for (the same object)
+    # The wrap-up time as a few levels (whole seconds, weight), for the agents still talking.
+    _wrap_level_s: IntArray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+    _wrap_level_weight: FloatArray = field(default_factory=lambda: np.ones(1))
     _grid_cache: tuple[int, IntArray, IntArray] | None = None  # horizon, u, ready-by whole seconds
     _live_cum: FloatArray = field(default_factory=lambda: np.zeros(MAX_RING_S + 1))
     _unresolved: FloatArray = field(default_factory=lambda: np.ones(MAX_RING_S + 1))
@@ -670,25 +487,23 @@ class PredictivePolicy(PacingPolicy):
         self.log_alpha = max(math.log(p.alpha_min), min(math.log(p.alpha_max), self.log_alpha + step))
 
     def _refresh_tables(self, now: float) -> None:
-        if (self._talk.changed and now - self._talk_built_at >= TABLE_REFRESH_S) or (
-                self._wrap.changed and now - self._wrap_built_at >= TABLE_REFRESH_S):
-            self._talk_table = None  # built from both curves
         if self._talk.changed and now - self._talk_built_at >= TABLE_REFRESH_S:
-            self._talk_surv = _survival(self._talk.weights, self._in_progress)
+            self._talk_surv = kernels.survival(self._talk.weights, self._in_progress)
             self._talk.changed = False
             self._talk_built_at = now
         if self._wrap.changed and now - self._wrap_built_at >= TABLE_REFRESH_S:
             self._wrap_built_at = now
-            self._wrap_surv = _survival(self._wrap.weights)
+            self._wrap_surv = kernels.survival(self._wrap.weights, np.zeros(MAX_WRAP_S + 1))
             cdf = np.cumsum(self._wrap.weights)
             total = cdf[-1] if cdf[-1] > 0 else 1.0
-            self._wrap_q = np.searchsorted(cdf / total, WRAP_QUANTILES).astype(np.int64)
-            wraps, counts = np.unique(self._wrap_q, return_counts=True)
-            self._wrap_levels = list(zip(wraps.tolist(), counts.tolist(), strict=True))
+            # The wrap-up as four quantiles, merged where equal (a fixed wrap-up time is one level).
+            levels, counts = np.unique(np.searchsorted(cdf / total, WRAP_QUANTILES), return_counts=True)
+            self._wrap_level_s = levels.astype(np.int64)
+            self._wrap_level_weight = counts / len(WRAP_QUANTILES)
             self._wrap.changed = False
         if self._ring_all.changed or self._ring_live.changed or self._ring_shed.changed:
             if self._ring_all.mass > 0:
-                self._live_cum, self._unresolved = _cumulative_incidence(
+                self._live_cum, self._unresolved = kernels.cumulative_incidence(
                     self._ring_all.weights, self._ring_live.weights, self._ring_shed.weights)
             self._ring_all.changed = self._ring_live.changed = self._ring_shed.changed = False
 
@@ -720,7 +535,8 @@ class PredictivePolicy(PacingPolicy):
         supply_cdf = None
         busy = sum(len(g) for g in groups)
         if 0 < busy <= self._p.exact_supply_agents:
-            supply_cdf = _poisson_binomial_cdf(np.concatenate(groups) if len(groups) > 1 else groups[0])
+            chances = np.concatenate(groups) if len(groups) > 1 else groups[0]
+            supply_cdf = kernels.poisson_binomial_cdf(chances)
         elif busy == 0 and self._p.exact_supply_agents > 0:
             supply_cdf = np.ones((len(u), 1))
         pool = _Pool(supply_mean, supply_var + VARIANCE_FLOOR, float(snap.waiting), ringing_mean, q,
@@ -763,7 +579,7 @@ class PredictivePolicy(PacingPolicy):
         total = self._ring_all.mass + self._ring_shed.mass
         if n < 10.0 or total <= 0:
             return 1.0
-        learnt = float(self._ring_live.weights[: int(MIN_RING_TIMEOUT_S)].sum()) / total
+        learnt = self._ring_live.mass_below(int(MIN_RING_TIMEOUT_S)) / total
         recent = self._recent_lives / n
         floor = recent - 2.0 * math.sqrt(recent * (1.0 - recent) / n)
         return 1.0 if learnt <= 0 else min(MAX_SURGE, max(1.0, floor / learnt))
@@ -786,80 +602,21 @@ class PredictivePolicy(PacingPolicy):
         var = np.zeros(len(offsets))
         groups: list[FloatArray] = []
         if talking:
-            p_free = self._talk_free(np.array(talking), offsets)
+            # Free by t: the talk ends by t − wrap-up, given how long it has gone on.
+            p_free = kernels.talk_free(np.array(talking).astype(np.int64), offsets, self._talk_surv,
+                                       self._wrap_level_s, self._wrap_level_weight)
             groups.append(p_free)
-            freeing = p_free.sum(axis=0)
-            mean += freeing
             # Plus the common error of the learnt talk-time curve (relative variance ~ 1 / handles).
-            var += (p_free * (1.0 - p_free)).sum(axis=0) + freeing * freeing / max(self._talk.mass, 1.0)
+            kernels.supply_moments(p_free, 1.0 / max(self._talk.mass, 1.0), mean, var)
         if wrapping:
-            p_free = self._conditional_done(self._wrap_surv, np.array(wrapping), offsets)
+            p_free = kernels.conditional_done(self._wrap_surv, np.array(wrapping).astype(np.int64), offsets)
             groups.append(p_free)
-            mean += p_free.sum(axis=0)
-            var += (p_free * (1.0 - p_free)).sum(axis=0)
+            kernels.supply_moments(p_free, 0.0, mean, var)
         return mean, var, ready, groups
-
-    def _talk_free(self, elapsed_s: FloatArray, offsets: IntArray) -> FloatArray:
-        """P(talk ends and wrap-up ends by offset | talked `elapsed_s` so far), agents × offsets.
-
-        Read from a table by whole seconds talked, built for the current curves and grid when
-        first needed (the curves change every few seconds, the agents' elapsed times every tick).
-        """
-        last = len(self._talk_surv) - 1
-        e = np.minimum(elapsed_s.astype(np.int64), last)
-        need = int(e.max()) + 1
-        table = self._talk_table
-        if table is None or len(table) < need or self._talk_table_offsets is not offsets:
-            rows = min(last + 1, max(need, 2 * len(table) if table is not None else 0, 256))
-            table = self._talk_free_rows(np.arange(rows, dtype=np.int64), offsets)
-            self._talk_table, self._talk_table_offsets = table, offsets
-        result: FloatArray = table[e]
-        return result
-
-    def _talk_free_rows(self, e: IntArray, offsets: IntArray) -> FloatArray:
-        """`_talk_free` computed for whole seconds talked `e`.
-
-        The wrap-up distribution is represented by four quantiles (merged when equal, as with a
-        fixed wrap-up time): free by t means the talk ends by t − wrap, averaged over them.
-        """
-        surv = self._talk_surv
-        last = len(surv) - 1
-        s_e = surv[e][:, None]
-        live = s_e > 1e-12
-        inv = np.divide(1.0, s_e, out=np.zeros_like(s_e), where=live)
-        result = np.zeros((len(e), len(offsets)))
-        for wrap, count in self._wrap_levels:
-            talk_left = offsets - wrap  # the talk must end within this many seconds
-            valid = talk_left > 0
-            if not valid.any():
-                continue
-            ends = np.minimum(e[:, None] + np.maximum(talk_left, 0)[None, :], last)
-            done = np.where(valid[None, :], 1.0 - surv[ends] * inv, 0.0)
-            result += done * (count / len(self._wrap_q))
-        return result
-
-    @staticmethod
-    def _conditional_done(surv: FloatArray, elapsed_s: FloatArray, offsets: IntArray) -> FloatArray:
-        """P(X <= elapsed + offset | X > elapsed) from a survival table, rows × offsets."""
-        last = len(surv) - 1
-        e = np.minimum(elapsed_s.astype(np.int64), last)
-        s_e = surv[e][:, None]
-        live = s_e > 1e-12
-        s_end = surv[np.minimum(e[:, None] + offsets[None, :], last)]
-        ratio = np.divide(s_end, s_e, out=np.zeros_like(s_end), where=live)
-        # Past every observed duration the agent is overdue: it is about to be free (ratio 0).
-        result: FloatArray = np.clip(1.0 - ratio, 0.0, 1.0)
-        return result
 
     def _demand(self, snap: PacingSnapshot, u: IntArray) -> FloatArray:
         """Expected live answers by each u from the calls now ringing (their conditional chances)."""
-        mean = np.zeros(len(u))
-        if snap.ringing:
-            last = len(self._live_cum) - 1
-            r = np.minimum(np.array([c.elapsed_s for c in snap.ringing]).astype(np.int64), last)
-            unresolved = self._unresolved[r][:, None]
-            gained = self._live_cum[np.minimum(r[:, None] + u[None, :], last)] - self._live_cum[r][:, None]
-            p_live = np.divide(gained, unresolved, out=np.zeros_like(gained), where=unresolved > 1e-9)
-            np.clip(p_live, 0.0, 1.0, out=p_live)
-            mean += p_live.sum(axis=0)
-        return mean
+        if not snap.ringing:
+            return np.zeros(len(u))
+        elapsed = np.array([c.elapsed_s for c in snap.ringing]).astype(np.int64)
+        return kernels.ringing_live(elapsed, u, self._live_cum, self._unresolved)
