@@ -45,6 +45,7 @@ from dialer.leads_redis import RedisLeadStore
 from dialer.logging import configure_logging
 from dialer.metrics import DialerMetrics
 from dialer.outcomes import AgentState
+from dialer.pacing import kernels
 from dialer.sim.scenario import load_scenario
 from dialer.sim.world import SimTelephony
 from dialer.telephony import Telephony
@@ -273,6 +274,11 @@ class Daemon:
             log.error("config_invalid", path=str(self.config_path), problems=exc.problems)
             return EXIT_CONFIG
         configure_logging(config.logging.level, config.logging.json_lines)
+        # Compiled pacing code is loaded (compiled, on a fresh install) now, while nothing is running
+        # yet, not on the first pacing tick of a campaign that has calls to look after.
+        started = time.perf_counter()
+        kernels.warm_up()
+        log.info("pacing_kernels_ready", seconds=round(time.perf_counter() - started, 3))
         try:
             return await self._run(config, campaigns)
         except ConfigError as exc:

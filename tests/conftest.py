@@ -9,7 +9,18 @@ from pathlib import Path
 import pytest
 import structlog
 
+from dialer.pacing import kernels
 from tests.support.servers import RedisServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pacing_kernels() -> None:
+    """Compile the predictive policy's kernels before any test runs.
+
+    On a fresh checkout that takes ~10 s, which would otherwise land inside whichever test first
+    paces a campaign (a daemon start, say), against its time limits.
+    """
+    kernels.warm_up()
 
 
 @pytest.fixture

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dialer.pacing import kernels
 from dialer.pacing.kernels import (
     conditional_done,
     cumulative_incidence,
@@ -18,6 +20,7 @@ from dialer.pacing.kernels import (
     survival,
     talk_free,
 )
+from dialer.sim import load_scenario, run_simulation
 
 
 def test_ring_curves_count_shed_calls_as_censored_not_as_failures() -> None:
@@ -161,3 +164,17 @@ def test_ringing_live_counts_each_call_by_its_conditional_chance() -> None:
     # A new call is answered live by 10 s with 30 %, not before 5 s. One that has rung 8 s is past
     # the 5 s answers: 10 of the 70 still ringing answer at 12 s, 4 s from now. One at 25 s is done.
     np.testing.assert_allclose(got, [0.0, 10 / 70, 0.3 + 10 / 70])
+
+
+def test_warm_up_compiles_every_signature_the_policy_uses() -> None:
+    # A call with other argument types would compile again, on a pacing tick: the warm-up must
+    # cover what a small team (exact supply) and a large one (normal supply) really pass.
+    compiled = [f for f in vars(kernels).values() if hasattr(f, "signatures")]
+    assert len(compiled) >= 10
+    kernels.warm_up()
+    before = {k.__name__: list(k.signatures) for k in compiled}
+    scenario = load_scenario(Path(__file__).resolve().parent.parent / "config" / "scenarios" / "warm.toml")
+    for agents in (8, 60):
+        result = run_simulation(scenario, "predictive", agents=agents, hours=0.75, seed=3)
+        assert result.live_answers > 30  # past the policy's warm-up: the model ran
+    assert {k.__name__: list(k.signatures) for k in compiled} == before

@@ -389,3 +389,25 @@ def largest_affordable(alpha: float, upper: int, burst_size: int, burst_risk: fl
             count += 1
     marginals = np.interp(np.arange(1.0, lo + 1.0), known[:count], known_values[:count])
     return lo, float(marginals.mean())
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) every kernel, with the argument types the policy uses.
+
+    The first call of a numba function compiles it, holding the interpreter for seconds on a fresh
+    checkout: a daemon calls this at start-up, before its event loop has calls to look after, and
+    `make` after installing, so that no pacing tick ever pays for it.
+    """
+    grid = np.array([0, 2, 4], dtype=np.int64)
+    curve = np.linspace(1.0, 0.0, 8)
+    chances = np.full((2, 3), 0.5)
+    zeros3 = np.zeros(3)
+    surv = survival(np.ones(8), np.zeros(8))
+    talk_free(grid, grid, surv, np.zeros(1, dtype=np.int64), np.ones(1))
+    supply_moments(conditional_done(curve, grid, grid), 0.0, np.zeros(3), np.zeros(3))
+    live_cum, unresolved = cumulative_incidence(np.ones(8), np.ones(8), np.zeros(8))
+    ringing_live(grid, grid, live_cum, unresolved)
+    for cdf, exact in ((np.zeros((1, 1)), False), (poisson_binomial_cdf(chances), True)):
+        args = (zeros3, np.full(3, 0.2), np.full(3, 0.1), 0.3, np.ones(3), np.ones(3), 0, 1, 0.01, cdf, exact)
+        assess(np.zeros(1), np.zeros(1, dtype=np.int64), 1, *args)
+        largest_affordable(0.1, 3, 2, 1e-4, *args)
