@@ -45,7 +45,6 @@ from dialer.leads_redis import RedisLeadStore
 from dialer.logging import configure_logging
 from dialer.metrics import DialerMetrics
 from dialer.outcomes import AgentState
-from dialer.pacing import kernels
 from dialer.sim.scenario import load_scenario
 from dialer.sim.world import SimTelephony
 from dialer.telephony import Telephony
@@ -276,6 +275,8 @@ class Daemon:
         configure_logging(config.logging.level, config.logging.json_lines)
         # Compiled pacing code is loaded (compiled, on a fresh install) now, while nothing is running
         # yet, not on the first pacing tick of a campaign that has calls to look after.
+        from dialer.pacing import kernels  # numba: only a daemon, not every `dialer` command, loads it
+
         started = time.perf_counter()
         kernels.warm_up()
         log.info("pacing_kernels_ready", seconds=round(time.perf_counter() - started, 3))

@@ -66,9 +66,12 @@ import numpy.typing as npt
 from pydantic import Field, model_validator
 
 from dialer.outcomes import AgentState
-from dialer.pacing import kernels
 from dialer.pacing.base import PacingPolicy, PacingSnapshot, PolicyParams, progressive_count
 from dialer.telephony import MIN_RING_TIMEOUT_S
+
+# The compiled kernels (`dialer.pacing.kernels`: numba, half a second to import) are imported inside
+# the methods that use them, so that a process that only validates a config or paces with another
+# policy never loads numba.
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -275,6 +278,8 @@ class _Pool:
 
     def _assess(self, dials: FloatArray, excess: IntArray, marginal_rows: int) -> FloatArray:
         """The compiled model: marginal abandon chances for the first rows, burst chances after."""
+        from dialer.pacing import kernels
+
         cdf = self.supply_cdf
         return kernels.assess(dials, excess, marginal_rows, self.ringing_mean, self.q, self.dq, self.p_live,
                               self.supply_mean, self.supply_var, int(self.waiting), self.ready,
@@ -288,6 +293,8 @@ class _Pool:
         stays within `risk`. Returns n and the expected abandons among those n dials per live
         answer. See `kernels.largest_affordable`.
         """
+        from dialer.pacing import kernels
+
         size, risk = burst if burst is not None else (0, 0.0)
         cdf = self.supply_cdf
         return kernels.largest_affordable(alpha, upper, size, risk, self.ringing_mean, self.q, self.dq,
@@ -487,6 +494,8 @@ class PredictivePolicy(PacingPolicy):
         self.log_alpha = max(math.log(p.alpha_min), min(math.log(p.alpha_max), self.log_alpha + step))
 
     def _refresh_tables(self, now: float) -> None:
+        from dialer.pacing import kernels
+
         if self._talk.changed and now - self._talk_built_at >= TABLE_REFRESH_S:
             self._talk_surv = kernels.survival(self._talk.weights, self._in_progress)
             self._talk.changed = False
@@ -510,6 +519,8 @@ class PredictivePolicy(PacingPolicy):
     # -- deciding ---------------------------------------------------------------------------------
 
     def decide(self, snap: PacingSnapshot) -> int:
+        from dialer.pacing import kernels
+
         self.observe(snap)
         if not self.warmed_up:
             return progressive_count(snap)
@@ -590,6 +601,8 @@ class PredictivePolicy(PacingPolicy):
 
         Also the ready agents and, per group of busy agents, their chances of being free (rows).
         """
+        from dialer.pacing import kernels
+
         is_talking, is_wrap, is_reserved = AgentState.TALKING, AgentState.WRAP_UP, AgentState.RESERVED
         counts = snap.state_counts
         ready = counts.get(AgentState.READY, 0)
@@ -616,6 +629,8 @@ class PredictivePolicy(PacingPolicy):
 
     def _demand(self, snap: PacingSnapshot, u: IntArray) -> FloatArray:
         """Expected live answers by each u from the calls now ringing (their conditional chances)."""
+        from dialer.pacing import kernels
+
         if not snap.ringing:
             return np.zeros(len(u))
         elapsed = np.array([c.elapsed_s for c in snap.ringing]).astype(np.int64)
