@@ -192,6 +192,9 @@ def test_systemd_unit_is_notify_typed_and_hardened() -> None:
     default_drain = DaemonConfig.model_fields["drain_timeout_s"].default
     assert float(service["TimeoutStopSec"]) >= default_drain + 30
     assert "check-config" in service["ExecStartPre"]
+    # numba's kernel cache must be somewhere the daemon can write (ProtectSystem=strict).
+    assert "NUMBA_CACHE_DIR=/var/lib/dialer/" in service["Environment"]
+    assert "MemoryDenyWriteExecute" not in service  # it would forbid the compiled kernels
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 
 
