@@ -90,6 +90,9 @@ GRID_STEP_S = 2  # time resolution of the horizon
 BURST_S = 30.0  # abandons this close together count as one burst
 BURST_HALF_LIFE_S = 1800.0  # how long the largest burst is remembered (half-life)
 _NO_CDF = np.zeros((1, 1))  # stands for "no exact supply distribution" in the compiled kernels
+# ringing_mean, q, dq, p_live, supply_mean, supply_var, waiting, ready, rate_rel_var, supply_cdf, exact
+_ModelArgs = tuple[FloatArray, FloatArray, FloatArray, float, FloatArray, FloatArray, int, int, float,
+                   FloatArray, bool]
 
 
 class PredictiveParams(PolicyParams):
@@ -280,10 +283,7 @@ class _Pool:
         """The compiled model: marginal abandon chances for the first rows, burst chances after."""
         from dialer.pacing import kernels
 
-        cdf = self.supply_cdf
-        return kernels.assess(dials, excess, marginal_rows, self.ringing_mean, self.q, self.dq, self.p_live,
-                              self.supply_mean, self.supply_var, int(self.waiting), self.ready,
-                              self.rate_rel_var, _NO_CDF if cdf is None else cdf, cdf is not None)
+        return kernels.assess(dials, excess, marginal_rows, *self._model())
 
     def largest_affordable(self, alpha: float, upper: int, burst: tuple[int, float] | None = None
                            ) -> tuple[int, float]:
@@ -296,11 +296,14 @@ class _Pool:
         from dialer.pacing import kernels
 
         size, risk = burst if burst is not None else (0, 0.0)
+        return kernels.largest_affordable(alpha, upper, size, risk, *self._model())
+
+    def _model(self) -> _ModelArgs:
+        """This pool as the compiled kernels take it (after their own arguments)."""
         cdf = self.supply_cdf
-        return kernels.largest_affordable(alpha, upper, size, risk, self.ringing_mean, self.q, self.dq,
-                                          self.p_live, self.supply_mean, self.supply_var, int(self.waiting),
-                                          self.ready, self.rate_rel_var, _NO_CDF if cdf is None else cdf,
-                                          cdf is not None)
+        return (self.ringing_mean, self.q, self.dq, self.p_live, self.supply_mean, self.supply_var,
+                int(self.waiting), self.ready, self.rate_rel_var, _NO_CDF if cdf is None else cdf,
+                cdf is not None)
 
 
 @dataclass
