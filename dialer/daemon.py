@@ -10,6 +10,7 @@ counted) and the old one keeps running. systemd `Type=notify` readiness and watc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import itertools
 import os
@@ -352,23 +353,27 @@ class Daemon:
                 engine_task = tg.create_task(engine.run(), name="engine")
                 tg.create_task(leads.maintain(stop_maintenance), name="lead-leases")
                 tg.create_task(svc.agent_registry.run(stop_maintenance), name="agent-registry")
-                health = tg.create_task(self._health(svc), name="health")
+                tg.create_task(self._health(svc, stop_maintenance), name="health")
                 reload = tg.create_task(self._reload_loop(svc), name="reload")
                 notify("READY=1")
-                self.started.set()
-                await self._stop.wait()
-                notify("STOPPING=1")
-                # Not cancelled: it also covers what asyncio.run() awaits after this returns.
-                stall_s = config.drain_timeout_s + SHUTDOWN_STALL_S
-                loop.call_later(stall_s, log_stalled_shutdown, loop, stall_s)
-                log.info("daemon_draining", timeout_s=config.drain_timeout_s, calls=engine.active_calls)
-                hung_up = await engine.drain(config.drain_timeout_s)
-                log.info("daemon_drained", hung_up=hung_up)
-                engine.stop()
-                await engine_task
-                stop_maintenance.set()
-                health.cancel()
-                reload.cancel()
+                try:
+                    self.started.set()
+                    await self._stop.wait()
+                    notify("STOPPING=1")
+                    # Not cancelled: it also covers what asyncio.run() awaits after this returns.
+                    stall_s = config.drain_timeout_s + SHUTDOWN_STALL_S
+                    loop.call_later(stall_s, log_stalled_shutdown, loop, stall_s)
+                    log.info("daemon_draining", timeout_s=config.drain_timeout_s, calls=engine.active_calls)
+                    hung_up = await engine.drain(config.drain_timeout_s)
+                    log.info("daemon_drained", hung_up=hung_up)
+                    engine.stop()
+                    await engine_task
+                finally:
+                    # The loops that talk to Redis end on this event, not by cancellation: on Python
+                    # 3.11 a cancel landing in redis-py's socket write (asyncio.wait_for, as the write
+                    # completes) is swallowed, and the task group would wait for them forever.
+                    stop_maintenance.set()
+                    reload.cancel()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -384,12 +389,12 @@ class Daemon:
 
         return build_app(svc)
 
-    async def _health(self, svc: Services) -> None:
-        """Redis health for /readyz and dialer_redis_up; systemd watchdog pings."""
+    async def _health(self, svc: Services, stop: asyncio.Event) -> None:
+        """Redis health for /readyz and dialer_redis_up; systemd watchdog pings. Until `stop` is set."""
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         interval = min(svc.config.redis.health_check_interval_s,
                        watchdog_usec / 2e6 if watchdog_usec else float("inf"))
-        while True:
+        while not stop.is_set():
             try:
                 svc.redis_ok = bool(await svc.redis.ping())
             except Exception as exc:
@@ -402,7 +407,8 @@ class Daemon:
                 await self._publish_dnc_ages(svc)
             if watchdog_usec:
                 notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
     def _publish_sip(self, svc: Services) -> None:
         """SIP pool gauges and worker start/restart counters (as deltas of the pool's own counts)."""
