@@ -384,7 +384,9 @@ class Engine:
 
     async def _campaign_loop(self, rt: CampaignRuntime) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        # Ends on cancellation, or at its next turn after stop(): a cancel swallowed inside a tick
+        # (redis-py on Python 3.11 can, in a command's socket write) must not leave it pacing on.
+        while not self._stop.is_set():
             since = loop.time() - rt.last_tick
             if since < MIN_TICK_GAP_S:
                 await asyncio.sleep(MIN_TICK_GAP_S - since)

@@ -12,7 +12,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from dialer.agents import AgentPool
-from dialer.compliance.abandon import MemoryAbandonLedger
+from dialer.compliance.abandon import AbandonStatus, MemoryAbandonLedger
 from dialer.compliance.gate import Blocked, BlockReason, Clearance, DialCandidate, PermissiveGate, Verdict
 from dialer.config import CampaignConfig
 from dialer.engine import Engine
@@ -541,3 +541,32 @@ def test_stopping_does_not_hang_on_a_pacing_loop_that_swallows_its_cancellation(
     with structlog.testing.capture_logs() as logs:
         run_virtual(body)  # stops the engine and allows it 10 s
     assert [e["task"] for e in logs if e["event"] == "pacing_loop_not_stopping"] == ["pace-c"]
+
+
+def test_a_pacing_loop_whose_redis_call_swallows_the_cancel_still_ends_on_stop() -> None:
+    # redis-py on Python 3.11 can swallow a cancel that lands in a command (asyncio.wait_for in its
+    # socket write): the loop then carries on with its tick. It ends at its next turn, on the
+    # engine's stop, instead of running on past the bounded wait.
+    async def body(rig: Rig) -> None:
+        inner = rig.ledger.status
+        in_call = asyncio.Event()
+        swallowed = False
+
+        async def status(campaign: str, at: float) -> AbandonStatus:
+            nonlocal swallowed
+            in_call.set()
+            try:
+                await asyncio.sleep(2.0)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed = True  # once, as the library does
+            return await inner(campaign, at)
+
+        rig.ledger.status = status  # type: ignore[method-assign]
+        await in_call.wait()
+        rig.engine.stop()  # run() cancels the loop while it waits on the "ledger"
+
+    with structlog.testing.capture_logs() as logs:
+        run_virtual(body)
+    assert not [e for e in logs if e["event"] == "pacing_loop_not_stopping"]
