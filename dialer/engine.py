@@ -408,7 +408,7 @@ class Engine:
                 pass
 
     def snapshot(self, rt: CampaignRuntime, now: float, window_live: int, window_abandons: int,
-                 limit_reached: bool) -> PacingSnapshot:
+                 limit_reached: bool, window_s: float = 0.0) -> PacingSnapshot:
         """The pacing snapshot of one campaign at `now`; drains the attempts/handles learnt since the last."""
         cfg = rt.config
         views: list[AgentView] = []
@@ -450,6 +450,7 @@ class Engine:
             new_attempts=attempts,
             new_handles=handles,
             tick_interval_s=cfg.tick_interval_s,
+            abandon_window_s=window_s,
             state_counts=counts,
         )
 
@@ -460,7 +461,8 @@ class Engine:
             return 0
         now = self.clock()
         status = await self.abandon.status(rt.name, now)
-        snap = self.snapshot(rt, now, status.live_answers, status.abandons, status.limit_reached)
+        snap = self.snapshot(rt, now, status.live_answers, status.abandons, status.limit_reached,
+                             status.window_s)
         count = rt.policy.dial_count(snap)
         rt.last_dial_count = count
         keep = rt.policy.late_calls_to_keep(snap)

@@ -20,6 +20,7 @@ from dialer.errors import ClearanceError, ConfigError
 from dialer.leads import Lead, MemoryLeadStore
 from dialer.metrics import DialerMetrics
 from dialer.outcomes import AgentState, AnswerKind, Outcome
+from dialer.pacing import PacingSnapshot
 from dialer.sim.clock import VirtualTimeLoop
 from dialer.telephony import (
     AgentConnected,
@@ -170,6 +171,24 @@ def test_snapshot_counts_agents_by_state_as_it_lists_them() -> None:
         assert (snap.ready, snap.working) == (2, 2)
 
     run_virtual(body, agents=4, numbers=0)
+
+
+def test_tick_gives_pacing_the_ledger_window_length() -> None:
+    async def body(rig: Rig) -> None:
+        rig.pool.transition("a0", AgentState.READY)
+        rt = rig.engine.campaigns["c"]
+        seen: list[float] = []
+        decide = rt.policy.dial_count
+
+        def spy(snap: PacingSnapshot) -> int:
+            seen.append(snap.abandon_window_s)
+            return decide(snap)
+
+        setattr(rt.policy, "dial_count", spy)  # noqa: B010 - a method replaced on one instance
+        await rig.engine.tick(rt)
+        assert seen == [3600.0]  # the rig's rolling one-hour window: pacing looks at when calls leave it
+
+    run_virtual(body, numbers=1)
 
 
 def test_live_answer_goes_to_the_agent_then_wrap_up_then_ready() -> None:
@@ -459,7 +478,7 @@ def test_abandon_records_are_retried_while_the_ledger_is_away() -> None:
 
 
 def test_calls_ringing_past_the_minimum_are_shed_youngest_kept_and_recorded_as_censored() -> None:
-    from dialer.pacing.base import AttemptResult, PacingPolicy, PacingSnapshot
+    from dialer.pacing.base import AttemptResult, PacingPolicy
 
     registry = CollectorRegistry()
     metrics = DialerMetrics(registry)

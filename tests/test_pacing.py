@@ -39,8 +39,9 @@ def snap(
     limit_reached: bool = False,
     attempts: Sequence[AttemptResult] = (),
     handles: Sequence[HandleResult] = (),
+    window_s: float = 0.0,
 ) -> PacingSnapshot:
-    """A snapshot with sensible defaults; `window` is (live answers, abandons)."""
+    """A snapshot with sensible defaults; `window` is (live answers, abandons) over `window_s`."""
     return PacingSnapshot(
         now=now,
         agents=tuple(agent_views),
@@ -55,6 +56,7 @@ def snap(
         abandon_limit_reached=limit_reached,
         new_attempts=tuple(attempts),
         new_handles=tuple(handles),
+        abandon_window_s=window_s,
     )
 
 
@@ -606,6 +608,51 @@ def test_predictive_never_risks_a_burst_that_alone_breaks_the_window() -> None:
     roomy, small, spent = count((5000, 0)), count((200, 0)), count((200, 2))
     assert spent < small < roomy
     assert count((200, 0), burst_risk=0.0) == roomy
+
+
+def test_predictive_never_dials_fewer_than_progressive() -> None:
+    # Three abandons in 150 answers leave room for one more: the burst guard lets the model dial one
+    # line for 3 idle agents (its Poisson count of answers sees a chance of 3 calls bringing 4 live
+    # answers). A line per ready agent cannot abandon, so the idle agents get their 3.
+    window = (150, 3)
+    views = agents(ready=3, talking=[100.0] * 7)
+    assert trained_at(window).dial_count(snap(now=1.0, agent_views=views, window=window)) == 3
+    assert trained_at(window).dial_count(snap(now=1.0, agent_views=views, ringing=[2.0], window=window)) == 2
+
+
+def filled_window(working: int, abandons_at: float | None = 3300.0, window_s: float = 3600.0
+                  ) -> tuple[PredictivePolicy, PacingSnapshot]:
+    """A trained policy that saw a one-hour window fill with 2 live answers a minute and 3 abandons
+    at `abandons_at`; and the snapshot at the end of that hour, with `working` agents logged in."""
+    policy = trained()
+    answers = abandons = 0
+    final = snap()
+    for t in range(60, 3601, 60):
+        answers += 2
+        if abandons_at is not None and t == abandons_at:
+            abandons = 3
+        final = snap(now=float(t), agent_views=agents(ready=working), window=(answers, abandons),
+                     attempts=[AttemptResult(Outcome.LIVE, 8.0)] * 2, window_s=window_s)
+        policy.dial_count(final)
+    return policy, final
+
+
+def test_predictive_keeps_room_for_a_window_that_thins_out_at_the_limit() -> None:
+    # 3 abandons in 120 answers: room for 0.6 more. Should the campaign fall back to progressive,
+    # 5 agents bring ~85 answers an hour (an answer per agent every ~212 s: the training's talk,
+    # wrap-up and ring times): by the time the window's older answers have left it, the 3 abandons
+    # (5 min old) are among some 80 answers, 3.8 %: no room. 20 agents keep the window full.
+    few, snap_few = filled_window(working=5)
+    plain = 0.03 * 120 - 3
+    assert few._fallback_room(snap_few) < -0.5 < plain
+    many, snap_many = filled_window(working=20)
+    assert many._fallback_room(snap_many) == pytest.approx(plain, abs=0.1)
+    # Abandons that leave the window first keep it from thinning while they are in it.
+    old, snap_old = filled_window(working=5, abandons_at=120.0)
+    assert old._fallback_room(snap_old) == pytest.approx(plain, abs=0.1)
+    # A window that does not roll (a calendar month), or one with no abandon in it: the room as it is.
+    for policy, final in (filled_window(working=5, window_s=0.0), filled_window(working=5, abandons_at=None)):
+        assert policy._fallback_room(final) == 0.03 * final.window_live_answers - final.window_abandons
 
 
 @pytest.mark.parametrize("exact", [False, True])

@@ -31,6 +31,7 @@ def snapshot_sequences(draw: st.DrawFn) -> list[PacingSnapshot]:
     now = draw(st.floats(-1e6, 1e6))
     live = draw(st.integers(0, 10_000))
     abandons = draw(st.integers(0, 500))
+    window_s = draw(st.sampled_from([0.0, 60.0, 3600.0, 30 * 86400.0]))  # 0: a calendar window
     sequence = []
     for _ in range(draw(st.integers(1, 12))):
         now += draw(st.floats(0, 30))
@@ -50,6 +51,7 @@ def snapshot_sequences(draw: st.DrawFn) -> list[PacingSnapshot]:
             abandon_limit_reached=draw(st.booleans()),
             new_attempts=tuple(draw(st.lists(attempts, max_size=60))),
             new_handles=tuple(draw(st.lists(handles, max_size=30))),
+            abandon_window_s=window_s,
         ))
     return sequence
 

@@ -28,6 +28,7 @@ class AbandonStatus:
     live_answers: int
     abandons: int
     limit: float
+    window_s: float = 0.0  # length of a rolling window (0: a calendar window, which does not roll)
 
     @property
     def rate(self) -> float:
@@ -85,14 +86,14 @@ class MemoryAbandonLedger:
     async def status(self, campaign: str, at: float) -> AbandonStatus:
         events = self._events.get(campaign)
         if not events:
-            return AbandonStatus(0, 0, self.limit)
+            return AbandonStatus(0, 0, self.limit, self.window_s)
         counts = self._counts[campaign]
         horizon = at - self.window_s
         while events and events[0][0] <= horizon:
             _, abandoned = events.popleft()
             counts[0] -= 1
             counts[1] -= int(abandoned)
-        return AbandonStatus(counts[0], counts[1], self.limit)
+        return AbandonStatus(counts[0], counts[1], self.limit, self.window_s)
 
 
 # Redis-backed ledger ------------------------------------------------------------------------------
@@ -212,7 +213,9 @@ class RedisAbandonLedger:
         if stale:
             await self.redis.hdel(key, *stale)
         false_positives = math.ceil(counts["m"] * window.amd_false_positive_rate)
-        return AbandonStatus(counts["l"] + false_positives, counts["a"] + false_positives, window.limit)
+        rolling = window.window_s if window.kind is WindowKind.ROLLING else 0.0
+        return AbandonStatus(counts["l"] + false_positives, counts["a"] + false_positives, window.limit,
+                             rolling)
 
 
 class AbandonProtection:

@@ -70,6 +70,7 @@ class PacingSnapshot:
     new_attempts: tuple[AttemptResult, ...] = ()
     new_handles: tuple[HandleResult, ...] = ()
     tick_interval_s: float = 1.0
+    abandon_window_s: float = 0.0  # length of the rolling window (0: not rolling, or not known)
     # Agents per state, counted from `agents` when not given (the engine counts while it builds them).
     state_counts: Mapping[AgentState, int] = field(default_factory=dict)
 

@@ -27,7 +27,13 @@ The model, on a grid of the next seconds (u = 0 .. ring timeout):
 - Bursts: however small each dial's marginal risk, a tick's dials together must not risk, beyond
   `burst_risk`, as many abandons at once as would alone take the window over its limit (answers by
   some u outnumbering the agents free by then by that many). In a small window that is a handful
-  of calls, and a single wave of answers is how it breaks.
+  of calls, and a single wave of answers is how it breaks. The room is judged forward: at its
+  limit the campaign falls back to progressive dialing, which brings fewer answers, and the
+  abandons in a small window can then cross the limit as its older answers leave it. The room is
+  what the window keeps over its coming length should that happen (when its answers and
+  abandons leave it, from its own history; the answers progressive dialing would bring).
+- Never fewer dials than progressive: a line per ready agent cannot abandon (the Poisson counts
+  above can think so when the burst guard is tight).
 
 The controller is a cascade. The outer loops set the goal: the target, lowered while the window
 holds few answers to the rate g that keeps it z binomial standard deviations under the limit
@@ -89,6 +95,8 @@ MAX_SURGE = 3.0
 GRID_STEP_S = 2  # time resolution of the horizon
 BURST_S = 30.0  # abandons this close together count as one burst
 BURST_HALF_LIFE_S = 1800.0  # how long the largest burst is remembered (half-life)
+WINDOW_BUCKETS = 60  # resolution of the window's own history (when its answers and abandons leave it)
+FALLBACK_ANSWERS_SD = 1.0  # answers progressive dialing would bring are counted this many sd short
 _NO_CDF = np.zeros((1, 1))  # stands for "no exact supply distribution" in the compiled kernels
 # ringing_mean, q, dq, p_live, supply_mean, supply_var, waiting, ready, rate_rel_var, supply_cdf, exact
 _ModelArgs = tuple[FloatArray, FloatArray, FloatArray, float, FloatArray, FloatArray, int, int, float,
@@ -339,6 +347,7 @@ class PredictivePolicy(PacingPolicy):
     _recent_lives: float = 0.0
     _talk_built_at: float = -math.inf
     _wrap_built_at: float = -math.inf
+    _rate_built_at: float = -math.inf
     _free_now: float = 0.0  # agents free within the connect deadline, as of `_free_now_at`
     _free_now_at: float = -math.inf
     # Derived tables, rebuilt when the histograms change.
@@ -350,6 +359,12 @@ class PredictivePolicy(PacingPolicy):
     _grid_cache: tuple[int, IntArray, IntArray] | None = None  # horizon, u, ready-by whole seconds
     _live_cum: FloatArray = field(default_factory=lambda: np.zeros(MAX_RING_S + 1))
     _unresolved: FloatArray = field(default_factory=lambda: np.ones(MAX_RING_S + 1))
+    # The rolling window as this policy saw it fill: [bucket start, live answers, abandons], oldest
+    # first, so that it knows when they leave it; live answers seen since the last tick's bucket.
+    _window_history: deque[list[float]] = field(default_factory=deque)
+    _window_bucket_s: float = 0.0
+    _lives_unbucketed: int = 0
+    _progressive_rate: float = 0.0  # live answers per second and agent under progressive dialing
 
     def __post_init__(self) -> None:
         self.log_alpha = math.log(self._p.alpha_initial)
@@ -426,6 +441,7 @@ class PredictivePolicy(PacingPolicy):
             if live:
                 self._ring_live.add(attempt.ring_s)
                 self._lives_seen += 1
+                self._lives_unbucketed += 1
         if snap.now - self._censored_at >= CENSOR_REFRESH_S:
             self._censored_at = snap.now
             talking = [int(a.handle_elapsed_s) for a in snap.agents if a.state is AgentState.TALKING]
@@ -469,6 +485,7 @@ class PredictivePolicy(PacingPolicy):
         # burst seen lately; as the room shrinks towards it, the goal shrinks with it.
         if new_abandons:
             self._bursts.append((snap.now, new_abandons))
+        self._record_window(snap, new_abandons)
         while self._bursts and self._bursts[0][0] <= snap.now - BURST_S:
             self._bursts.popleft()
         burst = float(sum(k for _, k in self._bursts))
@@ -478,6 +495,67 @@ class PredictivePolicy(PacingPolicy):
         reserve = max(p.min_burst_reserve, self._peak_burst)
         headroom = limit * answers - abandons
         self.goal *= min(1.0, max(0.05, (headroom - reserve) / reserve))
+
+    def _record_window(self, snap: PacingSnapshot, new_abandons: int) -> None:
+        """Bucket this tick's live answers and abandons, and drop the buckets the window has left."""
+        lives, self._lives_unbucketed = self._lives_unbucketed, 0
+        window = snap.abandon_window_s
+        if window <= 0:
+            self._window_history.clear()
+            return
+        width = window / WINDOW_BUCKETS
+        if width != self._window_bucket_s:  # a new window length: what was kept no longer fits
+            self._window_history.clear()
+            self._window_bucket_s = width
+        history = self._window_history
+        start = math.floor(snap.now / width) * width
+        if history and history[-1][0] == start:
+            history[-1][1] += lives
+            history[-1][2] += new_abandons
+        elif lives or new_abandons:
+            history.append([start, float(lives), float(new_abandons)])
+        while history and history[0][0] + width <= snap.now - window:
+            history.popleft()
+
+    def _fallback_room(self, snap: PacingSnapshot) -> float:
+        """Abandons the window can take now and still hold its limit if pacing then had to fall back.
+
+        At the limit the campaign dials progressively, which brings fewer live answers: while the
+        abandons stay in the window, its older answers leave it faster than new ones come, and in a
+        small window the rate can cross the limit with no abandon added (4 abandons in 158 answers
+        are 2.5 %; an hour of progressive dialing at 117 answers an hour makes them 3.4 %). So the
+        room is the least, over the window's coming length, of: limit × (answers still in it + the
+        answers progressive dialing would bring by then) − abandons still in it; each bucket's
+        answers leave before its abandons, and the answers to come are counted one (Poisson) standard
+        deviation short. Answers the history does not hold leave first: the window filled before
+        this policy started, or another node dialed them (then, once the history spans the window,
+        its answers and rate are scaled up to the window's instead).
+
+        A window with no abandon in it is left to the burst guard as it stands: it reaches the
+        limit only by a burst of about as many abandons as the guard holds off, and nothing in it
+        waits to leave.
+        """
+        limit, answers, abandons = snap.abandon_limit, snap.window_live_answers, snap.window_abandons
+        room = limit * answers - abandons
+        window, history = snap.abandon_window_s, self._window_history
+        if window <= 0 or abandons <= 0 or not history or self._progressive_rate <= 0:
+            return room
+        buckets = np.array(history)
+        width = self._window_bucket_s
+        leaves_in = buckets[:, 0] + width + window - snap.now  # seconds until each bucket has left
+        tracked = float(buckets[:, 1].sum())
+        rate = self._progressive_rate * snap.working
+        if tracked > 0 and buckets[0, 0] <= snap.now - window + width:
+            scale, untracked = answers / tracked, 0.0  # the history spans the window
+        else:
+            scale, untracked = 1.0, max(0.0, answers - tracked)
+        rate *= scale
+        answers_left = answers - untracked - scale * np.cumsum(buckets[:, 1])
+        abandons_left = abandons - (np.cumsum(buckets[:, 2]) - buckets[:, 2])
+        coming = rate * np.maximum(leaves_in, 0.0)
+        coming = np.maximum(coming - FALLBACK_ANSWERS_SD * np.sqrt(coming), 0.0)  # a slow hour
+        rooms = limit * (answers_left + coming) - abandons_left
+        return float(min(room, limit * (answers - untracked) - abandons, rooms.min()))
 
     def _steer(self, n: int, predicted_abandons: float, predicted_lives: float) -> None:
         """Inner loop: move α until the model's expected abandon rate of the dials meets the goal."""
@@ -499,6 +577,9 @@ class PredictivePolicy(PacingPolicy):
     def _refresh_tables(self, now: float) -> None:
         from dialer.pacing import kernels
 
+        refresh_rate = now - self._rate_built_at >= TABLE_REFRESH_S
+        if refresh_rate:
+            self._rate_built_at = now
         if self._talk.changed and now - self._talk_built_at >= TABLE_REFRESH_S:
             self._talk_surv = kernels.survival(self._talk.weights, self._in_progress)
             self._talk.changed = False
@@ -518,6 +599,22 @@ class PredictivePolicy(PacingPolicy):
                 self._live_cum, self._unresolved = kernels.cumulative_incidence(
                     self._ring_all.weights, self._ring_live.weights, self._ring_shed.weights)
             self._ring_all.changed = self._ring_live.changed = self._ring_shed.changed = False
+        if refresh_rate:
+            self._progressive_rate = self._progressive_answer_rate()
+
+    def _progressive_answer_rate(self) -> float:
+        """Live answers per second one agent brings under progressive dialing: one per cycle of
+        h + ((1 − p)/p)·D_fail + D_live (the closed form the simulator is checked against)."""
+        talk, wrap, ring_all, ring_live = self._talk, self._wrap, self._ring_all, self._ring_live
+        failed = ring_all.mass - ring_live.mass
+        if talk.mass <= 0 or wrap.mass <= 0 or ring_live.mass <= 0 or failed <= 0:
+            return 0.0
+        handle = float(self._talk_surv.sum() + self._wrap_surv.sum())  # means, calls in progress counted
+        ring_s = np.arange(MAX_RING_S + 1) + 0.5  # whole-second bins
+        d_live = float(ring_live.weights @ ring_s) / ring_live.mass
+        d_fail = float((ring_all.weights - ring_live.weights) @ ring_s) / failed
+        p_live = ring_live.mass / ring_all.mass
+        return 1.0 / (handle + (1.0 - p_live) / p_live * d_fail + d_live)
 
     # -- deciding ---------------------------------------------------------------------------------
 
@@ -563,13 +660,16 @@ class PredictivePolicy(PacingPolicy):
         burst = None
         if self._p.burst_risk > 0:
             # Abandons at once that would take the window over its limit.
-            room = snap.abandon_limit * snap.window_live_answers - snap.window_abandons
+            # (Judged on the room the window keeps should the campaign fall back to progressive.)
+            room = self._fallback_room(snap)
             size = max(1, math.floor(room) + 1)
             burst = (size, self._p.burst_risk)
         n, mean_marginal = pool.largest_affordable(self.alpha, upper, burst)
         if n > 0:
             self._steer(n, n * p_live * mean_marginal, n * p_live)
-        return n
+        # Never fewer than progressive: a line per ready agent cannot abandon (the model's Poisson
+        # counts of answers have no upper bound, so under a tight burst guard it can think so).
+        return max(n, progressive_count(snap))
 
     def _grid(self, horizon: int) -> tuple[IntArray, IntArray]:
         """Times u of the horizon (seconds from now) and, in whole seconds from now, when an agent

@@ -49,6 +49,7 @@ async def test_us_thirty_day_window_is_shared_between_nodes(client: aioredis.Red
         s = await node_a.status("c", NOW)
         assert (s.live_answers, s.abandons, s.limit) == (100, 3, 0.03)
         assert s.rate == 0.03 and s.limit_reached
+        assert s.window_s == 30 * DAY  # pacing looks ahead at when the window's calls leave it
         # 31 days on, the 97 answers of day -20 have left the window; the 3 abandons of day -1 too
         # by day +30; in between, only the abandons are left.
         s = await node_b.status("c", NOW + 15 * DAY)
@@ -89,6 +90,7 @@ async def test_ca_calendar_month_at_five_percent(client: aioredis.Redis) -> None
     s = await ca.status("k", nov1 + 100)
     assert (s.live_answers, s.abandons, s.limit) == (20, 1, 0.05)
     assert s.rate == 0.05
+    assert s.window_s == 0.0  # a calendar month does not roll: nothing leaves it before its end
     assert s.limit_reached  # one more abandon would make 2/20 = 10 %
 
 
