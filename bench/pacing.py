@@ -20,7 +20,7 @@ talk_min_per_agent_hour, seeds; rates are fractions; occupancy and talk are mean
 abandon rate is pooled over seeds, the worst window is the worst seed's), `pacing.md` (tables and
 the verdict against the issue's criteria), `pacing.png` (occupancy against abandon rate per
 policy), `pacing_shifting.png` (the shifting day, seed 1) and `pacing_runs.jsonl` (every run; a
-rerun reuses runs whose policy code and scenario file have not changed).
+rerun reuses runs whose policy code and scenario file have not changed, and drops the others).
 """
 
 from __future__ import annotations
@@ -152,6 +152,14 @@ def _fingerprint(scenario: str, policy: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _current(key: str) -> bool:
+    """True when a logged run's key was made with the policy code and scenario file of today."""
+    scenario, policy, *_, fingerprint = json.loads(key)
+    if policy not in POLICY_MODULES or not (SCENARIO_DIR / f"{scenario}.toml").exists():
+        return False
+    return bool(fingerprint == _fingerprint(scenario, policy))
+
+
 def _worker_init() -> None:
     import logging
 
@@ -200,11 +208,15 @@ class Runner:
     _pool: Any = None
 
     def __post_init__(self) -> None:
-        if self.log_path.exists():
-            for line in self.log_path.read_text().splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    self.done[record["key"]] = record
+        if not self.log_path.exists():
+            return
+        lines = [line for line in self.log_path.read_text().splitlines() if line.strip()]
+        for line in lines:
+            record = json.loads(line)
+            if _current(record["key"]):
+                self.done[record["key"]] = record
+        if len(self.done) < len(lines):  # runs of code or scenarios since changed: never reused again
+            self.log_path.write_text("".join(json.dumps(r) + "\n" for r in self.done.values()))
 
     def close(self) -> None:
         """Stop the worker processes."""

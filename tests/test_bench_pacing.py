@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.pacing import Row, _verdict, paired_margin
+from bench.pacing import Job, Row, Runner, _verdict, paired_margin
 
 
 def _runs(occupancies: dict[int, float]) -> list[dict[str, Any]]:
@@ -38,3 +40,16 @@ def test_verdict_reports_the_margin_and_judges_the_mean() -> None:
     ratio = Row("warm", 10, "ratio", "dial_level=2", _runs({1: 0.79, 2: 0.78}))
     [line] = _verdict([pred, ratio])
     assert "meets all (+3.00 +- 1.00 pts" in line
+
+
+def test_run_log_keeps_only_runs_of_todays_code(tmp_path: Path) -> None:
+    current = Job("warm", "ratio", (("dial_level", 2.0),), 10, 8.0, 1)
+    stale_key = json.loads(current.key())
+    stale_key[-1] = "0" * 16  # made with other policy code
+    gone_key = ["nowhere", "ratio", [], 10, 8.0, 1, False, "0" * 16]  # a scenario file since removed
+    log = tmp_path / "runs.jsonl"
+    log.write_text("".join(json.dumps({"key": k, "occupancy": 0.8}) + "\n"
+                           for k in (current.key(), json.dumps(stale_key), json.dumps(gone_key))))
+    runner = Runner(log, workers=1)
+    assert list(runner.done) == [current.key()]
+    assert [json.loads(line)["key"] for line in log.read_text().splitlines()] == [current.key()]
