@@ -208,6 +208,13 @@ def free_media_port() -> int:
     raise RuntimeError("no free UDP port pair for sipp media")
 
 
+MEDIA_PORT_ATTEMPTS = 3
+
+
+class _MediaPortTaken(Exception):
+    """sipp could not bind its RTP ports: another process took one since they were chosen."""
+
+
 class SippPeer:
     """A sipp UAS on 127.0.0.1 playing `scenario` (a file, or the name of a built-in scenario).
 
@@ -246,7 +253,24 @@ class SippPeer:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 5.0) -> None:
-        """Start sipp and wait until it has bound its SIP port."""
+        """Start sipp and wait until it has bound its SIP port.
+
+        The media ports were free when this peer was made, but another process (a pjsua2 worker
+        opening its RTP ports, say) can take one before sipp binds it: then sipp is started again
+        on other media ports, up to `MEDIA_PORT_ATTEMPTS` times.
+        """
+        for attempt in range(1, MEDIA_PORT_ATTEMPTS + 1):
+            try:
+                self._start(timeout_s)
+                return
+            except _MediaPortTaken:
+                if attempt == MEDIA_PORT_ATTEMPTS:
+                    raise RuntimeError(f"sipp {self.scenario.name}: its media ports were taken "
+                                       f"{MEDIA_PORT_ATTEMPTS} times: {self.errors()[-2000:]}") from None
+                self.error_file.unlink(missing_ok=True)
+                self.media_port = free_media_port()
+
+    def _start(self, timeout_s: float) -> None:
         which = ["-sn", self.scenario.name] if self.builtin else ["-sf", str(self.scenario)]
         limits = ["-m", str(self.calls), "-timeout", "60s", "-timeout_error"] if self.calls else []
         args = [self.exe, *which, "-i", "127.0.0.1", "-p", str(self.port), "-mp", str(self.media_port),
@@ -266,6 +290,8 @@ class SippPeer:
         while not udp_port_taken(self.port):
             if self.proc.poll() is not None:
                 errors = self.errors()[-2000:]
+                if "Unable to bind audio RTP socket" in errors or "Unable to bind video RTP socket" in errors:
+                    raise _MediaPortTaken
                 raise RuntimeError(f"sipp {self.scenario.name} exited with {self.proc.returncode}: {errors}")
             if time.monotonic() > deadline:
                 self.stop()
